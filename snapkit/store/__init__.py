@@ -1,0 +1,1 @@
+"""The encrypted, deduplicated object store (docs/format.md)."""

@@ -1,0 +1,374 @@
+"""The store: chunks in packs, an index, manifests and catalog entries.
+
+Write order (docs/format.md, "Read and write ordering"): packs, then the index
+object naming their chunks, then the manifest, then the catalog entry. A
+snapshot is visible only once its catalog entry exists, and every object it
+needs was durable before that, so a process killed at any point leaves the
+store valid. Readers never trust a byte they have not authenticated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapkit.errors import IntegrityError, StoreFormatError, StoreMissing
+from snapkit.store import compress, crypto, keys, objects
+from snapkit.store.backend import LocalBackend
+from snapkit.store.chunker import make_chunker
+from snapkit.store.lock import StoreLock
+
+CONFIG = "config"
+PACK_TARGET = 16 * 1024 * 1024
+ID_BYTES = 32
+PACK_ID_BYTES = 16
+# index record: chunk id, pack id, offset, stored length, plaintext size
+_REC = struct.Struct(f">{ID_BYTES}s{PACK_ID_BYTES}sIII")
+# pack trailer record: chunk id, offset, stored length, plaintext size
+_PREC = struct.Struct(f">{ID_BYTES}sIII")
+
+
+def pack_name(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+@dataclass
+class LayerResult:
+    name: str
+    strategy: str
+    logical_bytes: int = 0
+    stored_bytes: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    sha256: str = ""
+
+    def as_meta(self) -> dict:
+        return {"strategy": self.strategy, "logical_bytes": self.logical_bytes,
+                "stored_bytes": self.stored_bytes, "chunks": self.chunks,
+                "new_chunks": self.new_chunks, "sha256": self.sha256}
+
+
+@dataclass
+class Manifest:
+    id: str
+    meta: dict
+    layers: dict[str, dict]
+    chunk_lists: dict[str, bytes] = field(repr=False, default_factory=dict)
+
+    def chunk_ids(self, layer: str) -> Iterator[bytes]:
+        data = self.chunk_lists[layer]
+        for off in range(0, len(data), ID_BYTES):
+            yield data[off : off + ID_BYTES]
+
+
+class Store:
+    """An opened store. `unlock()` before reading or writing anything encrypted."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.backend = LocalBackend(self.path)
+        try:
+            config = json.loads(self.backend.get(CONFIG))
+        except FileNotFoundError:
+            raise StoreMissing(f"no snapkit store at {self.path}") from None
+        except ValueError:
+            raise IntegrityError(f"{self.path / CONFIG}: store config is damaged") from None
+        if config.get("magic") != "snapkit-store":
+            raise IntegrityError(f"{self.path / CONFIG}: not a snapkit store config")
+        if config.get("format") not in objects.SUPPORTED_VERSIONS:
+            raise StoreFormatError(f"store format {config.get('format')} is not supported")
+        self.config = config
+        self.id: str = config["id"]
+        self._keys: crypto.Keys | None = None
+        self._index: dict[bytes, bytes] | None = None
+        self.damaged_indexes: list[str] = []
+
+    # ---- creation and keys -------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path, key_file: Path | None, passphrase: str | None) -> "Store":
+        """Create a new store with a fresh master key and one slot per secret given."""
+        backend = LocalBackend(Path(path))
+        backend.mkdir()
+        for folder in ("keys", "packs", "index", "manifests", "catalog", "locks", "tmp"):
+            backend.mkdir(folder)
+        store_id = os.urandom(8).hex()
+        master = crypto.random_key()
+        if key_file is not None:
+            secret = keys.write_key_file(key_file) if not key_file.exists() else keys.read_key_file(key_file)
+            keys.add_slot(backend, master, "keyfile", secret)
+        if passphrase is not None:
+            keys.add_slot(backend, master, "passphrase", passphrase)
+        config = {"magic": "snapkit-store", "format": objects.FORMAT_VERSION, "id": store_id,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        # The config is written last: a store without one is not a store yet.
+        backend.put(CONFIG, json.dumps(config, indent=1).encode())
+        store = cls(path)
+        store._keys = crypto.Keys.from_master(master)
+        return store
+
+    def unlock(self, source: keys.KeySource) -> None:
+        if self._keys is None:
+            self._keys = crypto.Keys.from_master(keys.open_master(self.backend, source))
+
+    @property
+    def keys(self) -> crypto.Keys:
+        if self._keys is None:
+            raise RuntimeError("store is locked; call unlock() first")
+        return self._keys
+
+    def add_key_slot(self, kind: str, secret: bytes | str, source: keys.KeySource) -> str:
+        master = keys.open_master(self.backend, source)
+        return keys.add_slot(self.backend, master, kind, secret)
+
+    def lock(self, exclusive: bool = False, timeout: float = 30.0) -> StoreLock:
+        return StoreLock(self.backend, exclusive, timeout)
+
+    # ---- sealed objects ----------------------------------------------------
+
+    def _seal_object(self, kind: bytes, name: str, payload: bytes) -> bytes:
+        head = objects.header(kind)
+        return head + self.keys.seal(head + name.encode(), payload)
+
+    def _open_object(self, kind: bytes, name: str, data: bytes) -> bytes:
+        objects.check_header(data, kind, name)
+        head = bytes(data[: objects.HEADER_BYTES])
+        try:
+            return self.keys.open(head + name.encode(), memoryview(data)[objects.HEADER_BYTES :])
+        except crypto.AuthenticationFailed:
+            raise IntegrityError(f"{name}: authentication failed (damaged or altered)") from None
+
+    # ---- index ---------------------------------------------------------------
+
+    def index(self) -> dict[bytes, bytes]:
+        """chunk id -> packed (pack id, offset, length, size). Loads every index object once.
+
+        A damaged index object is skipped and named in `damaged_indexes`; the
+        chunks it described then read as missing for the snapshots that need them.
+        """
+        if self._index is None:
+            idx: dict[bytes, bytes] = {}
+            self.damaged_indexes = []
+            for name in self.backend.list("index"):
+                try:
+                    payload = self._open_object(objects.INDEX, name, self.backend.get(name))
+                except (IntegrityError, FileNotFoundError):
+                    self.damaged_indexes.append(name)
+                    continue
+                for off in range(0, len(payload), _REC.size):
+                    rec = payload[off : off + _REC.size]
+                    idx[rec[:ID_BYTES]] = rec[ID_BYTES:]
+            self._index = idx
+        return self._index
+
+    def lookup(self, chunk_id: bytes) -> tuple[bytes, int, int, int] | None:
+        rec = self.index().get(chunk_id)
+        if rec is None:
+            return None
+        pack_id, off, length, size = struct.unpack(f">{PACK_ID_BYTES}sIII", rec)
+        return pack_id, off, length, size
+
+    # ---- reading chunks --------------------------------------------------------
+
+    def read_chunk(self, chunk_id: bytes, packs: dict | None = None) -> bytes:
+        """The authenticated plaintext of a chunk; IntegrityError if missing or damaged."""
+        loc = self.lookup(chunk_id)
+        if loc is None:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is missing from the index")
+        pack_id, off, length, size = loc
+        name = pack_name(pack_id)
+        try:
+            if packs is not None:
+                f = packs.get(name)
+                if f is None:
+                    if len(packs) > 16:
+                        for old in packs.values():
+                            old.close()
+                        packs.clear()
+                    f = packs[name] = open(self.backend.path(name), "rb")
+                f.seek(off)
+                blob = f.read(length)
+            else:
+                with open(self.backend.path(name), "rb") as f:
+                    f.seek(off)
+                    blob = f.read(length)
+        except FileNotFoundError:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: pack {name} is missing") from None
+        try:
+            payload = self.keys.open(chunk_id, blob)
+            plain = compress.unpack_payload(payload, size)
+        except (crypto.AuthenticationFailed, ValueError, Exception) as exc:
+            if isinstance(exc, MemoryError):
+                raise
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
+        if len(plain) != size or self.keys.chunk_id(plain) != chunk_id:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} does not match its id")
+        return plain
+
+    def read_layer(self, manifest: Manifest, layer: str) -> Iterator[bytes]:
+        """Stream a layer's plaintext; checks the layer's sha256 at the end."""
+        if layer not in manifest.layers:
+            raise IntegrityError(f"snapshot {manifest.id} has no {layer} layer")
+        digest = hashlib.sha256()
+        packs: dict = {}
+        try:
+            for chunk_id in manifest.chunk_ids(layer):
+                data = self.read_chunk(chunk_id, packs)
+                digest.update(data)
+                yield data
+        finally:
+            for f in packs.values():
+                f.close()
+        if digest.hexdigest() != manifest.layers[layer]["sha256"]:
+            raise IntegrityError(f"snapshot {manifest.id}, layer {layer}: checksum mismatch")
+
+    # ---- manifests -------------------------------------------------------------
+
+    @staticmethod
+    def manifest_name(snapshot_id: str) -> str:
+        return f"manifests/{snapshot_id}"
+
+    def load_manifest(self, snapshot_id: str) -> Manifest:
+        name = self.manifest_name(snapshot_id)
+        try:
+            data = self.backend.get(name)
+        except FileNotFoundError:
+            raise IntegrityError(f"snapshot {snapshot_id}: manifest is missing") from None
+        payload = compress.unpack_payload(self._open_object(objects.MANIFEST, name, data), 1 << 30)
+        (n,) = struct.unpack(">I", payload[:4])
+        doc = json.loads(payload[4 : 4 + n])
+        if doc.get("id") != snapshot_id:
+            raise IntegrityError(f"snapshot {snapshot_id}: manifest belongs to {doc.get('id')}")
+        lists, pos = {}, 4 + n
+        for layer_name, layer in doc["layers"].items():
+            size = layer["chunks"] * ID_BYTES
+            lists[layer_name] = payload[pos : pos + size]
+            pos += size
+        return Manifest(doc["id"], doc["meta"], doc["layers"], lists)
+
+    def manifest_ids(self) -> list[str]:
+        return [n.split("/", 1)[1] for n in self.backend.list("manifests")]
+
+    # ---- writing ---------------------------------------------------------------
+
+    def writer(self) -> "SnapshotWriter":
+        return SnapshotWriter(self)
+
+
+class _PackWriter:
+    """Accumulates sealed chunks into one pack file, bounded by PACK_TARGET bytes."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pack_id = os.urandom(PACK_ID_BYTES)
+        self.buf = bytearray(objects.header(objects.PACK))
+        self.entries: list[tuple[bytes, int, int, int]] = []
+
+    def add(self, chunk_id: bytes, blob: bytes, size: int) -> None:
+        self.entries.append((chunk_id, len(self.buf), len(blob), size))
+        self.buf += blob
+
+    def full(self) -> bool:
+        return len(self.buf) >= PACK_TARGET
+
+    def flush(self) -> list[bytes]:
+        """Write the pack (with a sealed trailer listing its chunks); return index records."""
+        name = pack_name(self.pack_id)
+        trailer = b"".join(_PREC.pack(*e) for e in self.entries)
+        sealed = self.store.keys.seal(b"pack trailer " + self.pack_id, trailer)
+        self.buf += sealed + struct.pack(">I", len(sealed))
+        self.store.backend.put(name, bytes(self.buf))
+        return [_REC.pack(cid, self.pack_id, off, length, size) for cid, off, length, size in self.entries]
+
+
+class SnapshotWriter:
+    """Writes one snapshot's layers; `commit()` makes it durable and visible.
+
+    Not thread-safe. Chunks already in the store (or written earlier by this
+    writer) are referenced, not stored again.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.index = store.index()
+        self.pending: dict[bytes, None] = {}
+        self.records: list[bytes] = []
+        self.pack = _PackWriter(store)
+        self.layers: dict[str, LayerResult] = {}
+        self.chunk_lists: dict[str, bytearray] = {}
+
+    def write_layer(self, name: str, strategy: str, source: Iterable[bytes]) -> LayerResult:
+        """Chunk, dedup, compress and seal everything `source` yields, in bounded memory."""
+        result = LayerResult(name, strategy)
+        ids = bytearray()
+        digest = hashlib.sha256()
+        chunker = make_chunker(strategy)
+        for data in source:
+            digest.update(data)
+            result.logical_bytes += len(data)
+            for chunk in chunker.feed(data):
+                ids += self._put(chunk, result)
+        for chunk in chunker.finish():
+            ids += self._put(chunk, result)
+        result.sha256 = digest.hexdigest()
+        self.layers[name] = result
+        self.chunk_lists[name] = ids
+        return result
+
+    def _put(self, chunk: bytes, result: LayerResult) -> bytes:
+        keys = self.store.keys
+        chunk_id = keys.chunk_id(chunk)
+        result.chunks += 1
+        if chunk_id in self.index or chunk_id in self.pending:
+            return chunk_id
+        blob = keys.seal(chunk_id, compress.pack_payload(chunk))
+        self.pack.add(chunk_id, blob, len(chunk))
+        self.pending[chunk_id] = None
+        result.new_chunks += 1
+        result.stored_bytes += len(blob)
+        if self.pack.full():
+            self._flush_pack()
+        return chunk_id
+
+    def _flush_pack(self) -> None:
+        if self.pack.entries:
+            self.records += self.pack.flush()
+        self.pack = _PackWriter(self.store)
+
+    def commit(self, make_id, meta: dict) -> str:
+        """Flush packs, write the index, then the manifest under a fresh id.
+
+        `make_id(attempt)` proposes a snapshot id; the manifest is created with
+        put_new, so two writers can never take the same id. Returns the id.
+        The caller writes the catalog entry after this (the visibility point).
+        """
+        self._flush_pack()
+        if self.records:
+            name = f"index/{os.urandom(16).hex()}"
+            data = self.store._seal_object(objects.INDEX, name, b"".join(self.records))
+            self.store.backend.put(name, data)
+            for rec in self.records:
+                self.index[rec[:ID_BYTES]] = rec[ID_BYTES:]
+            self.records = []
+        layers = {n: r.as_meta() for n, r in self.layers.items()}
+        lists = b"".join(bytes(self.chunk_lists[n]) for n in layers)
+        for attempt in range(1000):
+            snapshot_id = make_id(attempt)
+            doc = json.dumps({"id": snapshot_id, "format": objects.FORMAT_VERSION,
+                              "meta": {**meta, "id": snapshot_id}, "layers": layers},
+                             sort_keys=True).encode()
+            payload = compress.pack_payload(struct.pack(">I", len(doc)) + doc + lists)
+            name = Store.manifest_name(snapshot_id)
+            try:
+                self.store.backend.put_new(name, self.store._seal_object(objects.MANIFEST, name, payload))
+            except FileExistsError:
+                continue
+            return snapshot_id
+        raise RuntimeError("could not find a free snapshot id")
