@@ -247,7 +247,7 @@ class Store:
         if doc.get("id") != snapshot_id:
             raise IntegrityError(f"snapshot {snapshot_id}: manifest belongs to {doc.get('id')}")
         lists, pos = {}, 4 + n
-        for layer_name, layer in doc["layers"].items():
+        for layer_name, layer in sorted(doc["layers"].items()):
             size = layer["chunks"] * ID_BYTES
             lists[layer_name] = payload[pos : pos + size]
             pos += size
@@ -306,21 +306,14 @@ class SnapshotWriter:
 
     def write_layer(self, name: str, strategy: str, source: Iterable[bytes]) -> LayerResult:
         """Chunk, dedup, compress and seal everything `source` yields, in bounded memory."""
-        result = LayerResult(name, strategy)
-        ids = bytearray()
-        digest = hashlib.sha256()
-        chunker = make_chunker(strategy)
+        sink = self.layer(name, strategy)
         for data in source:
-            digest.update(data)
-            result.logical_bytes += len(data)
-            for chunk in chunker.feed(data):
-                ids += self._put(chunk, result)
-        for chunk in chunker.finish():
-            ids += self._put(chunk, result)
-        result.sha256 = digest.hexdigest()
-        self.layers[name] = result
-        self.chunk_lists[name] = ids
-        return result
+            sink.write(data)
+        return sink.close()
+
+    def layer(self, name: str, strategy: str) -> "LayerSink":
+        """A file-like sink for producers that push (a tar writer): write(), then close()."""
+        return LayerSink(self, name, strategy)
 
     def _put(self, chunk: bytes, result: LayerResult) -> bytes:
         keys = self.store.keys
@@ -358,7 +351,8 @@ class SnapshotWriter:
                 self.index[rec[:ID_BYTES]] = rec[ID_BYTES:]
             self.records = []
         layers = {n: r.as_meta() for n, r in self.layers.items()}
-        lists = b"".join(bytes(self.chunk_lists[n]) for n in layers)
+        # Chunk lists follow the layers in sorted name order, as load_manifest reads them.
+        lists = b"".join(bytes(self.chunk_lists[n]) for n in sorted(layers))
         for attempt in range(1000):
             snapshot_id = make_id(attempt)
             doc = json.dumps({"id": snapshot_id, "format": objects.FORMAT_VERSION,
@@ -372,3 +366,29 @@ class SnapshotWriter:
                 continue
             return snapshot_id
         raise RuntimeError("could not find a free snapshot id")
+
+
+class LayerSink:
+    """Receives one layer's bytes; `close()` records the layer in its writer."""
+
+    def __init__(self, writer: SnapshotWriter, name: str, strategy: str):
+        self.writer = writer
+        self.result = LayerResult(name, strategy)
+        self.ids = bytearray()
+        self.digest = hashlib.sha256()
+        self.chunker = make_chunker(strategy)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.result.logical_bytes += len(data)
+        for chunk in self.chunker.feed(data):
+            self.ids += self.writer._put(chunk, self.result)
+        return len(data)
+
+    def close(self) -> LayerResult:
+        for chunk in self.chunker.finish():
+            self.ids += self.writer._put(chunk, self.result)
+        self.result.sha256 = self.digest.hexdigest()
+        self.writer.layers[self.result.name] = self.result
+        self.writer.chunk_lists[self.result.name] = self.ids
+        return self.result

@@ -1,0 +1,329 @@
+"""Every command: parse options, call one ops function, hand the result to render."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from snapkit.cli import render
+
+app = typer.Typer(
+    help="Snapshots of your app's code and database, keyed by git commit: encrypted, deduplicated.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,  # a passphrase in a local must never be printed
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+hook_app = typer.Typer(help="Manage the post-commit hook that snapshots every commit.", no_args_is_help=True)
+app.add_typer(hook_app, name="hook")
+
+JSON = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def _project():
+    from snapkit.project import Project
+
+    return Project.open(Path.cwd())
+
+
+def _busy(text: str, quiet: bool):
+    """A spinner on a terminal; nothing when quiet or not a TTY."""
+    from contextlib import nullcontext
+
+    if quiet or not sys.stderr.isatty():
+        return nullcontext()
+    return render.console(stderr=True).status(text)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    env: Annotated[Optional[str], typer.Option("--env", help="Environment (also SNAPKIT_ENV).")] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+):
+    if env:
+        os.environ["SNAPKIT_ENV"] = env
+    if version:
+        from snapkit import __version__
+
+        print(f"snapkit {__version__}")
+        raise typer.Exit(0)
+
+
+def _read_new_passphrase() -> str | None:
+    if sys.stdin.isatty():
+        first = typer.prompt("New passphrase", hide_input=True)
+        if typer.prompt("Repeat passphrase", hide_input=True) != first:
+            from snapkit.errors import KeyAccessError
+
+            raise KeyAccessError("the two passphrases differ; nothing was written")
+        return first
+    return os.environ.get("SNAPKIT_PASSPHRASE")
+
+
+@app.command()
+def init(
+    db: Annotated[Optional[str], typer.Option("--db", help="Database URL, e.g. sqlite:///app.db.")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="Store folder (default: snapshots).")] = None,
+    passphrase: Annotated[bool, typer.Option("--passphrase", help="Protect the key with a passphrase (prompted, or SNAPKIT_PASSPHRASE).")] = False,
+    key_file: Annotated[Optional[str], typer.Option("--key-file", help="Key file path (default: ~/.config/snapkit/keys/<store-id>.key).")] = None,
+    hook: Annotated[bool, typer.Option("--hook", help="Also install the post-commit hook.")] = False,
+    json_: JSON = False,
+):
+    """Write snapkit.toml, create the store and its key, ignore the store in git. Idempotent."""
+    from snapkit.ops.init import init as do_init
+
+    secret = _read_new_passphrase() if passphrase else None
+    result = do_init(_project(), db=db, store=store, passphrase=secret, use_passphrase=passphrase,
+                     key_file=key_file, hook=hook)
+    if json_:
+        return render.emit_json(result)
+    c = render.console(stderr=True)
+    c.print(f"store {result.store} ({'created' if result.created_store else 'already there'})")
+    if result.key_file:
+        c.print(f"key file {result.key_file}" + (" (created)" if result.created_key else ""))
+        if result.created_key:
+            c.print("[bold]back up this key file now[/bold]: without it (or a passphrase slot) "
+                    "the snapshots cannot be read")
+    if result.passphrase:
+        c.print("passphrase slot added: keep the passphrase safe")
+    if result.hook_installed:
+        c.print("post-commit hook installed")
+
+
+@app.command()
+def create(
+    message: Annotated[Optional[str], typer.Argument(help="Commit a dirty tree with this message first; also the snapshot's message.")] = None,
+    no_commit: Annotated[bool, typer.Option("--no-commit", help="Snapshot HEAD even if the tree is dirty.")] = False,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Add a tag (repeatable).")] = None,
+    pin: Annotated[bool, typer.Option("--pin", help="Golden snapshot: retention never removes it.")] = False,
+    check: Annotated[Optional[str], typer.Option("--check", help="Run this validation command first; abort if it fails.")] = None,
+    json_: JSON = False,
+    quiet: QUIET = False,
+):
+    """Snapshot the database and code of HEAD (committing first when MESSAGE is given)."""
+    project = _project()
+    with _busy("snapshotting…", quiet or json_):
+        result = project.create(message, no_commit=no_commit, tags=tag or (), pin=pin, check=check)
+    if json_:
+        return render.emit_json(result)
+    render.create(result)
+
+
+@app.command("list")
+def list_(
+    n: Annotated[Optional[int], typer.Option("-n", help="Show at most N snapshots.")] = None,
+    commit: Annotated[Optional[str], typer.Option("--commit", help="Only snapshots of this git revision.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Only snapshots with this tag.")] = None,
+    env: Annotated[Optional[str], typer.Option("--env", help="Only this environment.")] = None,
+    json_: JSON = False,
+):
+    """Snapshots, newest first. Needs no key."""
+    entries = _project().list(n=n, commit=commit, tag=tag, env=env)
+    if json_:
+        return render.list_json(entries)
+    render.snapshot_table(entries)
+
+
+@app.command()
+def show(ref: Annotated[str, typer.Argument(help="Snapshot id (or prefix), @N, or git revision.")], json_: JSON = False):
+    """The whole metadata of a snapshot."""
+    meta = _project().show(ref)
+    if json_:
+        return render.emit_json(meta)
+    import json
+
+    render.console().print_json(json.dumps(meta, default=str))
+
+
+
+
+@app.command()
+def restore(
+    ref: Annotated[str, typer.Argument(help="Snapshot id (or prefix), @N, or git revision.")],
+    db_only: Annotated[bool, typer.Option("--db-only", help="Only the database.")] = False,
+    code_only: Annotated[bool, typer.Option("--code-only", help="Only the code.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Check the commit out detached instead of moving the branch.")] = False,
+    to_url: Annotated[Optional[str], typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    no_safety: Annotated[bool, typer.Option("--no-safety", help="Skip the pre-restore safety snapshot.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Discard uncommitted changes in the work tree.")] = False,
+    json_: JSON = False,
+):
+    """Restore code and database as the snapshot had them."""
+    _do_restore(lambda p, **kw: p.restore(ref, **kw), db_only, code_only, detach, to_url, dry_run, yes,
+                no_safety, force, json_)
+
+
+@app.command()
+def rollback(
+    n: Annotated[int, typer.Argument(help="Steps back on the timeline.")] = 1,
+    db_only: Annotated[bool, typer.Option("--db-only", help="Only the database.")] = False,
+    code_only: Annotated[bool, typer.Option("--code-only", help="Only the code.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Check the commit out detached instead of moving the branch.")] = False,
+    to_url: Annotated[Optional[str], typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    no_safety: Annotated[bool, typer.Option("--no-safety", help="Skip the pre-restore safety snapshot.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Discard uncommitted changes in the work tree.")] = False,
+    json_: JSON = False,
+):
+    """Restore the snapshot N steps back; repeated `rollback` keeps walking back."""
+    _do_restore(lambda p, **kw: p.rollback(n, **kw), db_only, code_only, detach, to_url, dry_run, yes,
+                no_safety, force, json_)
+
+
+def _do_restore(call, db_only, code_only, detach, to_url, dry_run, yes, no_safety, force, json_):
+    project = _project()
+    confirm = None
+    if not yes and not dry_run and sys.stdin.isatty() and not json_:
+        def confirm(plan):
+            render.plan(plan, dry_run=False)
+            return typer.confirm("Go ahead?", default=False)
+    result = call(project, db_only=db_only, code_only=code_only, detach=detach, to_url=to_url,
+                  dry_run=dry_run, no_safety=no_safety, force=force, confirm=confirm)
+    if json_:
+        return render.emit_json(result)
+    if dry_run:
+        render.plan(result.plan, dry_run=True)
+    else:
+        render.restore(result)
+
+
+@app.command()
+def verify(
+    refs: Annotated[Optional[list[str]], typer.Argument(help="Snapshots to check (default: all).")] = None,
+    restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore each database into a scratch database and compare.")] = False,
+    json_: JSON = False,
+    quiet: QUIET = False,
+):
+    """Check every chunk is present and authentic. Exit 3 on any problem."""
+    with _busy("verifying…", quiet or json_):
+        result = _project().verify(refs or (), restore_test=restore_test)
+    if json_:
+        render.emit_json(result)
+    else:
+        render.verify(result)
+    if not result.ok:
+        raise typer.Exit(3)
+
+
+@app.command()
+def cat(
+    ref: Annotated[str, typer.Argument(help="Snapshot id (or prefix), @N, or git revision.")],
+    layer: Annotated[str, typer.Option("--layer", help="database, files or code.")] = "database",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+):
+    """The plaintext of one layer (a SQLite file, a tar of the code), for the engine's own tools."""
+    from snapkit.ops.query import cat as do_cat
+
+    project = _project()
+    if output is None:
+        if sys.stdout.isatty():
+            from snapkit.errors import UsageError
+
+            raise UsageError("refusing to write binary data to a terminal", hint="use -o FILE or a pipe")
+        do_cat(project, ref, layer, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    tmp = output.with_name(f".{output.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            do_cat(project, ref, layer, f)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def status(json_: JSON = False):
+    """Store health: newest snapshot and its age, HEAD covered, dedup, last verify. Exit 4 if unhealthy."""
+    result = _project().status()
+    if json_:
+        render.emit_json(result)
+    else:
+        render.status(result)
+    if not result.healthy:
+        raise typer.Exit(4)
+
+
+def _mark(ref, **kw):
+    from snapkit.ops.query import mark
+
+    entry = mark(_project(), ref, **kw)
+    marks = (["pinned"] if entry.get("pinned") else []) + entry.get("tags", [])
+    render.console(stderr=True).print(f"{entry['id']}: {', '.join(marks) or 'no marks'}")
+
+
+@app.command()
+def pin(ref: Annotated[str, typer.Argument(help="Snapshot reference.")]):
+    """Mark a golden snapshot: retention never removes it."""
+    _mark(ref, pin=True)
+
+
+@app.command()
+def unpin(ref: Annotated[str, typer.Argument(help="Snapshot reference.")]):
+    """Remove the golden mark."""
+    _mark(ref, pin=False)
+
+
+@app.command()
+def tag(ref: Annotated[str, typer.Argument(help="Snapshot reference.")],
+        name: Annotated[str, typer.Argument(help="Tag to add.")]):
+    """Add a tag to a snapshot."""
+    _mark(ref, add_tag=name)
+
+
+@app.command()
+def untag(ref: Annotated[str, typer.Argument(help="Snapshot reference.")],
+          name: Annotated[str, typer.Argument(help="Tag to remove.")]):
+    """Remove a tag from a snapshot."""
+    _mark(ref, remove_tag=name)
+
+
+@app.command()
+def unlock(json_: JSON = False):
+    """Remove every lock on the store (e.g. one left by a crashed process on another host)."""
+    from snapkit.store.lock import break_locks
+
+    removed = break_locks(_project().store.backend)
+    if json_:
+        return render.emit_json({"removed": [r.describe() for r in removed]})
+    render.console(stderr=True).print(f"removed {len(removed)} lock(s)")
+
+
+@hook_app.command("install")
+def hook_install(json_: JSON = False):
+    """Install the post-commit hook (chains an existing hook, honours core.hooksPath)."""
+    from snapkit.ops.hook import install
+
+    _hook_out(install(_project()), json_)
+
+
+@hook_app.command("uninstall")
+def hook_uninstall(json_: JSON = False):
+    """Remove the hook and put a chained hook back as it was."""
+    from snapkit.ops.hook import uninstall
+
+    _hook_out(uninstall(_project()), json_)
+
+
+@hook_app.command("status")
+def hook_status_cmd(json_: JSON = False):
+    """Whether the hook is installed, where, and whether it chains another hook."""
+    from snapkit.ops.hook import hook_status
+
+    _hook_out(hook_status(_project()), json_)
+
+
+def _hook_out(st, json_: bool) -> None:
+    if json_:
+        return render.emit_json(st)
+    state = "installed" if st.installed else "not installed"
+    render.console().print(f"hook {state} at {st.path}" + (" (chains the previous hook)" if st.chained else ""))

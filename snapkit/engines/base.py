@@ -1,0 +1,52 @@
+"""What every engine provides (SQLite now; PostgreSQL and MySQL/MariaDB share it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """SPEC §5's `database` metadata. Never holds a password."""
+
+    engine: str
+    server_version: str
+    url: str
+    tables: dict[str, int] = field(default_factory=dict)
+    schema_fingerprint: str = ""
+    migration_state: dict = field(default_factory=dict)
+
+    def as_meta(self) -> dict:
+        return {"engine": self.engine, "server_version": self.server_version, "url": self.url,
+                "tables": dict(self.tables), "schema_fingerprint": self.schema_fingerprint,
+                "migration_state": dict(self.migration_state)}
+
+
+@dataclass
+class Dump:
+    """A consistent copy of the database being read: its layer bytes and metadata."""
+
+    strategy: str          # chunking strategy for the layer (store/chunker.py)
+    info: DatabaseInfo
+    stream: Iterator[bytes]
+
+
+class Engine(Protocol):
+    name: str
+    url: str               # redacted
+
+    def check(self) -> None:
+        """Raise DatabaseError when the database cannot be read (missing, locked, not a database)."""
+
+    def dump(self, tmp_dir: Path) -> AbstractContextManager[Dump]:
+        """A consistent dump as a stream; temporary files are gone after the block."""
+
+    def restore(self, source: Iterable[bytes], tmp_dir: Path) -> None:
+        """All-or-nothing restore of a layer's bytes into the configured database."""
+
+    def restore_test(self, source: Iterable[bytes], tmp_dir: Path) -> DatabaseInfo:
+        """Restore into a scratch database, inspect it, drop it; returns what was found."""

@@ -1,0 +1,1 @@
+"""Use cases, one per module. Each returns a frozen result and never prints."""

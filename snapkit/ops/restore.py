@@ -1,0 +1,157 @@
+"""`restore` and `rollback`: put code and database back as a snapshot had them.
+
+Order: every check first (dirty tree, commit present, snapshot authentic), then
+a safety snapshot of the live database, then the database (staged and checked
+before the live file is touched), then the code. If the code step fails after
+the database was restored, the safety snapshot is put back.
+"""
+
+from __future__ import annotations
+
+from snapkit.errors import DirtyWorkTree, GitError, RefNotFound, SnapkitError, UsageError
+from snapkit.model import RestorePlan, RestoreResult
+from snapkit.ops import state
+from snapkit.ops.resolve import resolve
+
+
+def _layers(db_only: bool, code_only: bool) -> tuple[str, ...]:
+    if db_only and code_only:
+        raise UsageError("--db-only and --code-only exclude each other")
+    if db_only:
+        return ("database",)
+    if code_only:
+        return ("code",)
+    return ("database", "code")
+
+
+def plan(project, entry: dict, *, layers, detach: bool, to_url: str | None, force: bool,
+         no_safety: bool) -> RestorePlan:
+    repo = project.git
+    notes = []
+    if to_url:
+        layers = tuple(x for x in layers if x == "database") or ("database",)
+    dirty = tuple(repo.dirty_files()) if "code" in layers else ()
+    code_action = None
+    if "code" in layers:
+        if not repo.has_commit(entry["commit"]):
+            raise GitError(f"commit {entry['commit'][:7]} of snapshot {entry['id']} is not in this repository",
+                           hint="fetch it, or restore with --db-only")
+        branch = repo.current_branch()
+        short = entry["commit"][:7]
+        code_action = (f"check out {short} detached" if detach or branch is None
+                       else f"move branch {branch} to {short}")
+        if dirty and force:
+            notes.append("--force: uncommitted changes will be discarded: " + ", ".join(dirty[:10]))
+    database = None
+    safety = False
+    if "database" in layers:
+        engine = project.engine(to_url)
+        database = engine.url if to_url else str(getattr(engine, "path", engine.url))
+        safety = not to_url and not no_safety
+        if safety and not _exists(engine):
+            safety = False
+            notes.append("the live database does not exist: no safety snapshot is needed")
+    return RestorePlan(id=entry["id"], commit=entry["commit"], layers=tuple(layers), database=database,
+                       to_url=to_url, code_action=code_action, safety_snapshot=safety,
+                       dirty_files=dirty, notes=tuple(notes))
+
+
+def _exists(engine) -> bool:
+    try:
+        engine.check()
+        return True
+    except SnapkitError:
+        return False
+
+
+def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False, detach: bool = False,
+            to_url: str | None = None, dry_run: bool = False, no_safety: bool = False,
+            force: bool = False, confirm=None, entry: dict | None = None) -> RestoreResult:
+    """Restore a snapshot. `confirm(plan) -> bool` is asked before anything changes.
+
+    Raises DirtyWorkTree (names the files), IntegrityError for a damaged
+    snapshot (nothing changed), DatabaseError, GitError, Aborted.
+    """
+    from snapkit.errors import Aborted
+
+    entry = entry or resolve(project, ref)
+    layers = _layers(db_only, code_only)
+    the_plan = plan(project, entry, layers=layers, detach=detach, to_url=to_url, force=force,
+                    no_safety=no_safety)
+    if the_plan.dirty_files and not force and not dry_run:
+        raise DirtyWorkTree("work tree has uncommitted changes: " + _names(the_plan.dirty_files))
+    if dry_run:
+        return RestoreResult(plan=the_plan, dry_run=True)
+    if confirm is not None and not confirm(the_plan):
+        raise Aborted("restore cancelled; nothing was changed")
+    store = project.unlocked_store()
+    project.catalog.authenticated(entry["id"], store.keys)
+    manifest = store.load_manifest(entry["id"])
+    safety_id = None
+    restored = []
+    if "database" in the_plan.layers:
+        if "database" not in manifest.layers:
+            raise SnapkitError(f"snapshot {entry['id']} has no database layer")
+        _check_engine(project, manifest, to_url)
+        if the_plan.safety_snapshot:
+            from snapkit.ops.create import create
+
+            safety_id = create(project, safety=True).id
+        engine = project.engine(to_url)
+        with store.lock(exclusive=False):
+            engine.restore(store.read_layer(manifest, "database"), project.tmp_dir())
+        restored.append("database")
+    if "code" in the_plan.layers:
+        try:
+            project.git.checkout(entry["commit"], detach=detach, force=force)
+        except BaseException:
+            if safety_id:
+                _put_back(project, store, safety_id)
+            raise
+        restored.append("code")
+    if not to_url:
+        state.record(project, entry["id"], entry["commit"], "restored")
+    return RestoreResult(plan=the_plan, dry_run=False, safety_id=safety_id, restored=tuple(restored))
+
+
+def _check_engine(project, manifest, to_url) -> None:
+    snap_engine = manifest.meta.get("database", {}).get("engine")
+    live = project.engine(to_url).name
+    if snap_engine and snap_engine != live:
+        raise SnapkitError(f"snapshot holds a {snap_engine} database but the target is {live}",
+                           hint="restore it with `snapkit cat REF --layer database` and the engine's tools")
+
+
+def _put_back(project, store, safety_id: str) -> None:
+    manifest = store.load_manifest(safety_id)
+    project.engine().restore(store.read_layer(manifest, "database"), project.tmp_dir())
+
+
+def _names(files) -> str:
+    shown = ", ".join(files[:10])
+    return shown + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+
+
+def rollback_target(project, steps: int) -> dict:
+    """The snapshot `steps` back on the env's timeline (SPEC §3, rollback)."""
+    if steps < 1:
+        raise UsageError("rollback needs N >= 1")
+    timeline = project.catalog.timeline(project.env)
+    if not timeline:
+        raise RefNotFound(f"environment {project.env!r} has no snapshots")
+    ids = [e["id"] for e in timeline]
+    last = state.read(project)
+    head = project.git.head()
+    anchor = len(ids)  # step 0 is the live state, after the newest snapshot
+    if last.get("id") in ids and head is not None and head.id == last.get("commit"):
+        anchor = ids.index(last["id"])
+    target = anchor - steps
+    if target < 0:
+        raise RefNotFound(f"cannot roll back {steps} step(s): only {anchor} older snapshot(s) "
+                          f"in environment {project.env!r}")
+    return timeline[target]
+
+
+def rollback(project, steps: int = 1, **kw) -> RestoreResult:
+    target = rollback_target(project, steps)
+    return restore(project, target["id"], entry=target, **kw)
