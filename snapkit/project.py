@@ -22,7 +22,7 @@ class Project:
         self.env_override = env
 
     @classmethod
-    def open(cls, path: Path | str = ".", env: str | None = None) -> "Project":
+    def open(cls, path: Path | str = ".", env: str | None = None) -> Project:
         """The project whose work tree contains `path`. Raises NotAGitRepo / NotAProject."""
         from snapkit.gitrepo import GitRepo
 

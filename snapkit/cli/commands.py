@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -43,7 +43,7 @@ def _busy(text: str, quiet: bool):
 
 @app.callback(invoke_without_command=True)
 def _main(
-    env: Annotated[Optional[str], typer.Option("--env", help="Environment (also SNAPKIT_ENV).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Environment (also SNAPKIT_ENV).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ):
     if env:
@@ -68,10 +68,10 @@ def _read_new_passphrase() -> str | None:
 
 @app.command()
 def init(
-    db: Annotated[Optional[str], typer.Option("--db", help="Database URL, e.g. sqlite:///app.db.")] = None,
-    store: Annotated[Optional[str], typer.Option("--store", help="Store folder (default: snapshots).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL, e.g. sqlite:///app.db.")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Store folder (default: snapshots).")] = None,
     passphrase: Annotated[bool, typer.Option("--passphrase", help="Protect the key with a passphrase (prompted, or SNAPKIT_PASSPHRASE).")] = False,
-    key_file: Annotated[Optional[str], typer.Option("--key-file", help="Key file path (default: ~/.config/snapkit/keys/<store-id>.key).")] = None,
+    key_file: Annotated[str | None, typer.Option("--key-file", help="Key file path (default: ~/.config/snapkit/keys/<store-id>.key).")] = None,
     hook: Annotated[bool, typer.Option("--hook", help="Also install the post-commit hook.")] = False,
     json_: JSON = False,
 ):
@@ -98,11 +98,11 @@ def init(
 
 @app.command()
 def create(
-    message: Annotated[Optional[str], typer.Argument(help="Commit a dirty tree with this message first; also the snapshot's message.")] = None,
+    message: Annotated[str | None, typer.Argument(help="Commit a dirty tree with this message first; also the snapshot's message.")] = None,
     no_commit: Annotated[bool, typer.Option("--no-commit", help="Snapshot HEAD even if the tree is dirty.")] = False,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Add a tag (repeatable).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Add a tag (repeatable).")] = None,
     pin: Annotated[bool, typer.Option("--pin", help="Golden snapshot: retention never removes it.")] = False,
-    check: Annotated[Optional[str], typer.Option("--check", help="Run this validation command first; abort if it fails.")] = None,
+    check: Annotated[str | None, typer.Option("--check", help="Run this validation command first; abort if it fails.")] = None,
     json_: JSON = False,
     quiet: QUIET = False,
 ):
@@ -117,10 +117,10 @@ def create(
 
 @app.command("list")
 def list_(
-    n: Annotated[Optional[int], typer.Option("-n", help="Show at most N snapshots.")] = None,
-    commit: Annotated[Optional[str], typer.Option("--commit", help="Only snapshots of this git revision.")] = None,
-    tag: Annotated[Optional[str], typer.Option("--tag", help="Only snapshots with this tag.")] = None,
-    env: Annotated[Optional[str], typer.Option("--env", help="Only this environment.")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Show at most N snapshots.")] = None,
+    commit: Annotated[str | None, typer.Option("--commit", help="Only snapshots of this git revision.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only snapshots with this tag.")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
     json_: JSON = False,
 ):
     """Snapshots, newest first. Needs no key."""
@@ -149,7 +149,7 @@ def restore(
     db_only: Annotated[bool, typer.Option("--db-only", help="Only the database.")] = False,
     code_only: Annotated[bool, typer.Option("--code-only", help="Only the code.")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Check the commit out detached instead of moving the branch.")] = False,
-    to_url: Annotated[Optional[str], typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
+    to_url: Annotated[str | None, typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     no_safety: Annotated[bool, typer.Option("--no-safety", help="Skip the pre-restore safety snapshot.")] = False,
@@ -167,7 +167,7 @@ def rollback(
     db_only: Annotated[bool, typer.Option("--db-only", help="Only the database.")] = False,
     code_only: Annotated[bool, typer.Option("--code-only", help="Only the code.")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Check the commit out detached instead of moving the branch.")] = False,
-    to_url: Annotated[Optional[str], typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
+    to_url: Annotated[str | None, typer.Option("--to-url", help="Restore the database to this URL; touch nothing local.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     no_safety: Annotated[bool, typer.Option("--no-safety", help="Skip the pre-restore safety snapshot.")] = False,
@@ -198,7 +198,7 @@ def _do_restore(call, db_only, code_only, detach, to_url, dry_run, yes, no_safet
 
 @app.command()
 def verify(
-    refs: Annotated[Optional[list[str]], typer.Argument(help="Snapshots to check (default: all).")] = None,
+    refs: Annotated[list[str] | None, typer.Argument(help="Snapshots to check (default: all).")] = None,
     restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore each database into a scratch database and compare.")] = False,
     json_: JSON = False,
     quiet: QUIET = False,
@@ -218,7 +218,7 @@ def verify(
 def cat(
     ref: Annotated[str, typer.Argument(help="Snapshot id (or prefix), @N, or git revision.")],
     layer: Annotated[str, typer.Option("--layer", help="database, files or code.")] = "database",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
 ):
     """The plaintext of one layer (a SQLite file, a tar of the code), for the engine's own tools."""
     from snapkit.ops.query import cat as do_cat

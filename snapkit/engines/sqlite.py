@@ -120,7 +120,7 @@ class SqliteEngine:
         self.timeout = timeout
 
     @classmethod
-    def from_url(cls, url: str, root: Path) -> "SqliteEngine":
+    def from_url(cls, url: str, root: Path) -> SqliteEngine:
         # sqlite:///relative/app.db (relative to the project root), sqlite:////abs/app.db.
         # Parsed by hand: importing SQLAlchemy costs the hook ~0.25 s (docs/decisions.md).
         m = re.fullmatch(r"sqlite(?:\+\w+)?:///(.*)", url)

@@ -17,7 +17,7 @@ CODE_STRATEGY = "cdc:32768"
 def run_check(project, check: str) -> None:
     argv = command_list(check)
     try:
-        proc = subprocess.run(argv, cwd=project.root, capture_output=True, text=True)
+        proc = subprocess.run(argv, cwd=project.root, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise CheckFailed(f"check command {argv[0]!r} could not run: {exc.strerror}") from None
     if proc.returncode != 0:
@@ -35,7 +35,6 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
     """
     started = time.time()
     repo = project.git
-    config = project.config
     warnings = []
     engine = project.engine(timeout=db_timeout)  # config errors before any git change
     store = project.unlocked_store()             # wrong key: nothing written, nothing committed

@@ -92,7 +92,7 @@ class Keys:
         return "Keys(<redacted>)"
 
     @classmethod
-    def from_master(cls, master: bytes) -> "Keys":
+    def from_master(cls, master: bytes) -> Keys:
         return cls(
             enc=_hkdf(master, b"snapkit enc"),
             id=_hkdf(master, b"snapkit chunk-id"),

@@ -144,7 +144,7 @@ def open_master(backend: LocalBackend, source: KeySource) -> bytes:
         raise IntegrityError(f"key slot damaged: {', '.join(damaged)}; no intact slot opens the store",
                              hint="restore the key slot from a backup of the store")
     if tried:
-        what = " or ".join(sorted(set("passphrase" if t == "passphrase" else "key file" for t in tried)))
+        what = " or ".join(sorted({"passphrase" if t == "passphrase" else "key file" for t in tried}))
         raise KeyAccessError(f"wrong {what}: the store could not be opened")
     if source.key_file and not source.key_file.exists():
         raise KeyAccessError(f"key file {source.key_file} does not exist and no passphrase was given")

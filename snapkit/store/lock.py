@@ -63,7 +63,7 @@ class StoreLock:
         self.timeout = timeout
         self.name: str | None = None
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         self.acquire()
         return self
 

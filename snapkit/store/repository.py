@@ -93,7 +93,7 @@ class Store:
     # ---- creation and keys -------------------------------------------------
 
     @classmethod
-    def init(cls, path: Path, key_file: Path | None, passphrase: str | None) -> "Store":
+    def init(cls, path: Path, key_file: Path | None, passphrase: str | None) -> Store:
         """Create a new store with a fresh master key and one slot per secret given."""
         backend = LocalBackend(Path(path))
         backend.mkdir()
@@ -258,7 +258,7 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------
 
-    def writer(self) -> "SnapshotWriter":
+    def writer(self) -> SnapshotWriter:
         return SnapshotWriter(self)
 
 
@@ -311,7 +311,7 @@ class SnapshotWriter:
             sink.write(data)
         return sink.close()
 
-    def layer(self, name: str, strategy: str) -> "LayerSink":
+    def layer(self, name: str, strategy: str) -> LayerSink:
         """A file-like sink for producers that push (a tar writer): write(), then close()."""
         return LayerSink(self, name, strategy)
 
