@@ -56,7 +56,7 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
     with store.lock(exclusive=False, timeout=lock_timeout):
         writer = store.writer()
         with engine.dump(tmp) as dump:
-            db = writer.write_layer("database", dump.strategy, dump.stream)
+            db = writer.write_layer("database", dump.strategy, dump.stream, base=_previous(project, store))
             info = dump.info
         sink = writer.layer("code", CODE_STRATEGY)
         repo.write_tree_tar(head.id, sink)
@@ -100,6 +100,19 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
         chunks=db.chunks + code.chunks, new_chunks=db.new_chunks + code.new_chunks,
         duration_s=meta["duration_s"], layers=layers, warnings=tuple(warnings),
     )
+
+
+def _previous(project, store):
+    """The env's newest snapshot's manifest: delta chunks are made against its layers."""
+    from snapkit.errors import IntegrityError
+
+    for entry in reversed(project.catalog.entries()):
+        if entry.get("env") == project.env:
+            try:
+                return store.load_manifest(entry["id"])
+            except IntegrityError:
+                continue
+    return None
 
 
 def _host() -> str:

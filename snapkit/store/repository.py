@@ -28,8 +28,13 @@ CONFIG = "config"
 PACK_TARGET = 16 * 1024 * 1024
 ID_BYTES = 32
 PACK_ID_BYTES = 16
-# index record: chunk id, pack id, offset, stored length, plaintext size
-_REC = struct.Struct(f">{ID_BYTES}s{PACK_ID_BYTES}sIII")
+# index record: chunk id, pack id, offset, stored length, plaintext size, delta depth
+_REC = struct.Struct(f">{ID_BYTES}s{PACK_ID_BYTES}sIIIB")
+_LOC = struct.Struct(f">{PACK_ID_BYTES}sIIIB")
+# A delta chunk's base may itself be a delta; reading one costs depth+1 chunk reads.
+MAX_DELTA_DEPTH = 5
+BATCH_BYTES = 2 * 1024 * 1024
+WORKERS = 2
 # pack trailer record: chunk id, offset, stored length, plaintext size
 _PREC = struct.Struct(f">{ID_BYTES}sIII")
 
@@ -168,21 +173,21 @@ class Store:
             self._index = idx
         return self._index
 
-    def lookup(self, chunk_id: bytes) -> tuple[bytes, int, int, int] | None:
+    def lookup(self, chunk_id: bytes) -> tuple[bytes, int, int, int, int] | None:
+        """(pack id, offset, stored length, plaintext size, delta depth), or None."""
         rec = self.index().get(chunk_id)
         if rec is None:
             return None
-        pack_id, off, length, size = struct.unpack(f">{PACK_ID_BYTES}sIII", rec)
-        return pack_id, off, length, size
+        return _LOC.unpack(rec)
 
     # ---- reading chunks --------------------------------------------------------
 
-    def read_chunk(self, chunk_id: bytes, packs: dict | None = None) -> bytes:
+    def read_chunk(self, chunk_id: bytes, packs: dict | None = None, _depth: int = 0) -> bytes:
         """The authenticated plaintext of a chunk; IntegrityError if missing or damaged."""
         loc = self.lookup(chunk_id)
         if loc is None:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is missing from the index")
-        pack_id, off, length, size = loc
+        pack_id, off, length, size, _depth = loc
         name = pack_name(pack_id)
         try:
             if packs is not None:
@@ -203,11 +208,24 @@ class Store:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: pack {name} is missing") from None
         try:
             payload = self.keys.open(chunk_id, blob)
-            plain = compress.unpack_payload(payload, size)
-        except (crypto.AuthenticationFailed, ValueError, Exception) as exc:
-            if isinstance(exc, MemoryError):
-                raise
+        except crypto.AuthenticationFailed:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
+        base_id = compress.delta_base(payload)
+        if base_id is not None:
+            if _depth > MAX_DELTA_DEPTH:  # only an altered store can hold a longer chain or a cycle
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: delta chain too deep")
+            try:
+                plain = compress.unpack_payload(payload, size, lambda b: self.read_chunk(b, packs, _depth + 1))
+            except IntegrityError as exc:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: its delta base is unreadable "
+                                     f"({exc.message})") from None
+            except Exception:  # zstandard raises its own error type on a bad frame
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
+        else:
+            try:
+                plain = compress.unpack_payload(payload, size)
+            except Exception:  # zstandard raises its own error type on a bad frame
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
         if len(plain) != size or self.keys.chunk_id(plain) != chunk_id:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} does not match its id")
         return plain
@@ -271,69 +289,132 @@ class _PackWriter:
         self.buf = bytearray(objects.header(objects.PACK))
         self.entries: list[tuple[bytes, int, int, int]] = []
 
-    def add(self, chunk_id: bytes, blob: bytes, size: int) -> None:
-        self.entries.append((chunk_id, len(self.buf), len(blob), size))
+    def add(self, chunk_id: bytes, blob: bytes, size: int, depth: int) -> bytes:
+        """Append a sealed chunk; returns its index record."""
+        off = len(self.buf)
+        self.entries.append((chunk_id, off, len(blob), size))
         self.buf += blob
+        return _REC.pack(chunk_id, self.pack_id, off, len(blob), size, depth)
 
     def full(self) -> bool:
         return len(self.buf) >= PACK_TARGET
 
-    def flush(self) -> list[bytes]:
-        """Write the pack (with a sealed trailer listing its chunks); return index records."""
+    def flush(self) -> None:
+        """Write the pack, with a sealed trailer listing its chunks (to rebuild an index)."""
         name = pack_name(self.pack_id)
         trailer = b"".join(_PREC.pack(*e) for e in self.entries)
         sealed = self.store.keys.seal(b"pack trailer " + self.pack_id, trailer)
         self.buf += sealed + struct.pack(">I", len(sealed))
-        self.store.backend.put(name, bytes(self.buf))
-        return [_REC.pack(cid, self.pack_id, off, length, size) for cid, off, length, size in self.entries]
+        self.store.backend.put(name, self.buf)
 
 
 class SnapshotWriter:
     """Writes one snapshot's layers; `commit()` makes it durable and visible.
 
-    Not thread-safe. Chunks already in the store (or written earlier by this
-    writer) are referenced, not stored again.
+    Chunks already in the store (or written earlier by this writer) are
+    referenced, not stored again. New chunks are compressed and sealed by
+    WORKERS threads (zstd, AES-GCM and HMAC release the GIL) in batches, and
+    appended to packs in order by the calling thread. Not thread-safe itself.
     """
 
     def __init__(self, store: Store):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         self.store = store
         self.index = store.index()
-        self.pending: dict[bytes, None] = {}
-        self.records: list[bytes] = []
+        self.inflight: set[bytes] = set()
+        self.records = bytearray()
         self.pack = _PackWriter(store)
         self.layers: dict[str, LayerResult] = {}
         self.chunk_lists: dict[str, bytearray] = {}
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="snapkit-seal")
+        self._futures: deque = deque()
+        self._batch: list = []
+        self._batch_bytes = 0
 
-    def write_layer(self, name: str, strategy: str, source: Iterable[bytes]) -> LayerResult:
-        """Chunk, dedup, compress and seal everything `source` yields, in bounded memory."""
-        sink = self.layer(name, strategy)
+    def write_layer(self, name: str, strategy: str, source: Iterable[bytes],
+                    base: Manifest | None = None) -> LayerResult:
+        """Chunk, dedup, compress and seal everything `source` yields, in bounded memory.
+
+        With `base` (the layer's previous snapshot, same strategy), a new chunk
+        replacing the one at the same position is stored as a delta against it
+        when that is clearly smaller.
+        """
+        sink = self.layer(name, strategy, base)
         for data in source:
             sink.write(data)
         return sink.close()
 
-    def layer(self, name: str, strategy: str) -> LayerSink:
+    def layer(self, name: str, strategy: str, base: Manifest | None = None) -> LayerSink:
         """A file-like sink for producers that push (a tar writer): write(), then close()."""
-        return LayerSink(self, name, strategy)
+        base_ids = None
+        if base is not None and base.layers.get(name, {}).get("strategy") == strategy and strategy.startswith("fixed:"):
+            base_ids = base.chunk_lists.get(name)
+        return LayerSink(self, name, strategy, base_ids)
 
-    def _put(self, chunk: bytes, result: LayerResult) -> bytes:
-        keys = self.store.keys
-        chunk_id = keys.chunk_id(chunk)
+    def _put(self, chunk: bytes, result: LayerResult, base_id: bytes | None) -> bytes:
+        chunk_id = self.store.keys.chunk_id(chunk)
         result.chunks += 1
-        if chunk_id in self.index or chunk_id in self.pending:
+        if chunk_id in self.index or chunk_id in self.inflight:
             return chunk_id
-        blob = keys.seal(chunk_id, compress.pack_payload(chunk))
-        self.pack.add(chunk_id, blob, len(chunk))
-        self.pending[chunk_id] = None
-        result.new_chunks += 1
-        result.stored_bytes += len(blob)
-        if self.pack.full():
-            self._flush_pack()
+        self.inflight.add(chunk_id)
+        if base_id == chunk_id:
+            base_id = None
+        self._batch.append((chunk_id, chunk, base_id, result))
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._submit()
         return chunk_id
+
+    def _submit(self) -> None:
+        if self._batch:
+            self._futures.append(self._pool.submit(self._encode, self._batch))
+            self._batch, self._batch_bytes = [], 0
+        while len(self._futures) > WORKERS:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        for chunk_id, blob, size, depth, result in self._futures.popleft().result():
+            rec = self.pack.add(chunk_id, blob, size, depth)
+            self.records += rec
+            self.index[chunk_id] = rec[ID_BYTES:]
+            self.inflight.discard(chunk_id)
+            result.new_chunks += 1
+            result.stored_bytes += len(blob)
+            if self.pack.full():
+                self._flush_pack()
+
+    def _drain(self) -> None:
+        self._submit()
+        while self._futures:
+            self._drain_one()
+
+    def _encode(self, batch) -> list:
+        """Worker: compress (or delta-compress) and seal one batch of new chunks."""
+        keys = self.store.keys
+        out = []
+        for chunk_id, chunk, base_id, result in batch:
+            base = None
+            depth = 0
+            loc = self.store.lookup(base_id) if base_id is not None else None
+            if loc is not None and loc[4] < MAX_DELTA_DEPTH:
+                try:
+                    base = self.store.read_chunk(base_id)
+                    depth = loc[4] + 1
+                except IntegrityError:
+                    base = None  # a damaged base only costs a full chunk
+            payload, is_delta = compress.pack_payload(chunk, base, base_id)
+            out.append((chunk_id, keys.seal(chunk_id, payload), len(chunk), depth if is_delta else 0, result))
+        return out
 
     def _flush_pack(self) -> None:
         if self.pack.entries:
-            self.records += self.pack.flush()
+            self.pack.flush()
         self.pack = _PackWriter(self.store)
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def commit(self, make_id, meta: dict) -> str:
         """Flush packs, write the index, then the manifest under a fresh id.
@@ -342,14 +423,14 @@ class SnapshotWriter:
         put_new, so two writers can never take the same id. Returns the id.
         The caller writes the catalog entry after this (the visibility point).
         """
+        self._drain()
+        self._pool.shutdown(wait=True)
         self._flush_pack()
         if self.records:
             name = f"index/{os.urandom(16).hex()}"
-            data = self.store._seal_object(objects.INDEX, name, b"".join(self.records))
+            data = self.store._seal_object(objects.INDEX, name, bytes(self.records))
             self.store.backend.put(name, data)
-            for rec in self.records:
-                self.index[rec[:ID_BYTES]] = rec[ID_BYTES:]
-            self.records = []
+            self.records = bytearray()
         layers = {n: r.as_meta() for n, r in self.layers.items()}
         # Chunk lists follow the layers in sorted name order, as load_manifest reads them.
         lists = b"".join(bytes(self.chunk_lists[n]) for n in sorted(layers))
@@ -358,7 +439,7 @@ class SnapshotWriter:
             doc = json.dumps({"id": snapshot_id, "format": objects.FORMAT_VERSION,
                               "meta": {**meta, "id": snapshot_id}, "layers": layers},
                              sort_keys=True).encode()
-            payload = compress.pack_payload(struct.pack(">I", len(doc)) + doc + lists)
+            payload, _ = compress.pack_payload(struct.pack(">I", len(doc)) + doc + lists)
             name = Store.manifest_name(snapshot_id)
             try:
                 self.store.backend.put_new(name, self.store._seal_object(objects.MANIFEST, name, payload))
@@ -371,23 +452,31 @@ class SnapshotWriter:
 class LayerSink:
     """Receives one layer's bytes; `close()` records the layer in its writer."""
 
-    def __init__(self, writer: SnapshotWriter, name: str, strategy: str):
+    def __init__(self, writer: SnapshotWriter, name: str, strategy: str, base_ids: bytes | None):
         self.writer = writer
         self.result = LayerResult(name, strategy)
         self.ids = bytearray()
         self.digest = hashlib.sha256()
         self.chunker = make_chunker(strategy)
+        self.base_ids = base_ids
+
+    def _base(self, position: int) -> bytes | None:
+        if self.base_ids is None:
+            return None
+        base = self.base_ids[position * ID_BYTES : (position + 1) * ID_BYTES]
+        return bytes(base) if len(base) == ID_BYTES else None
 
     def write(self, data: bytes | memoryview) -> int:
         self.digest.update(data)
         self.result.logical_bytes += len(data)
         for chunk in self.chunker.feed(data):
-            self.ids += self.writer._put(chunk, self.result)
+            self.ids += self.writer._put(chunk, self.result, self._base(self.result.chunks))
         return len(data)
 
     def close(self) -> LayerResult:
         for chunk in self.chunker.finish():
-            self.ids += self.writer._put(chunk, self.result)
+            self.ids += self.writer._put(chunk, self.result, self._base(self.result.chunks))
+        self.writer._drain()
         self.result.sha256 = self.digest.hexdigest()
         self.writer.layers[self.result.name] = self.result
         self.writer.chunk_lists[self.result.name] = self.ids
