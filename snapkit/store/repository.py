@@ -321,6 +321,9 @@ class SnapshotWriter:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
+        from snapkit.store.memory import pin_mmap_threshold
+
+        pin_mmap_threshold()
         self.store = store
         self.index = store.index()
         self.inflight: set[bytes] = set()
