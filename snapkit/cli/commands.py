@@ -41,6 +41,36 @@ def _busy(text: str, quiet: bool):
     return render.console(stderr=True).status(text)
 
 
+class _Bar:
+    """A byte progress bar on a terminal (rich); `callback` is None when quiet or piped."""
+
+    def __init__(self, text: str, quiet: bool):
+        self.text = text
+        self.on = not quiet and sys.stderr.isatty()
+        self.callback = self._update if self.on else None
+        self._task = None
+
+    def __enter__(self):
+        return self
+
+    def _update(self, done: int, total: int | None) -> None:
+        # Started on the first byte, so a confirmation prompt before it is not drawn over.
+        if self._task is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn(self.text), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(),
+                                      console=render.console(stderr=True), transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.text, total=total)
+        self._progress.update(self._task, completed=done)
+
+    def __exit__(self, *exc):
+        if self._task is not None:
+            self._progress.__exit__(*exc)
+
+
 @app.callback(invoke_without_command=True)
 def _main(
     env: Annotated[str | None, typer.Option("--env", help="Environment (also SNAPKIT_ENV).")] = None,
@@ -108,8 +138,9 @@ def create(
 ):
     """Snapshot the database and code of HEAD (committing first when MESSAGE is given)."""
     project = _project()
-    with _busy("snapshotting…", quiet or json_):
-        result = project.create(message, no_commit=no_commit, tags=tag or (), pin=pin, check=check)
+    with _Bar("snapshot", quiet or json_) as bar:
+        result = project.create(message, no_commit=no_commit, tags=tag or (), pin=pin, check=check,
+                                progress=bar.callback)
     if json_:
         return render.emit_json(result)
     render.create(result)
@@ -186,8 +217,10 @@ def _do_restore(call, db_only, code_only, detach, to_url, dry_run, yes, no_safet
         def confirm(plan):
             render.plan(plan, dry_run=False)
             return typer.confirm("Go ahead?", default=False)
-    result = call(project, db_only=db_only, code_only=code_only, detach=detach, to_url=to_url,
-                  dry_run=dry_run, no_safety=no_safety, force=force, confirm=confirm)
+    with _Bar("restore", json_) as bar:
+        result = call(project, db_only=db_only, code_only=code_only, detach=detach, to_url=to_url,
+                      dry_run=dry_run, no_safety=no_safety, force=force, confirm=confirm,
+                      progress=bar.callback)
     if json_:
         return render.emit_json(result)
     if dry_run:

@@ -33,6 +33,7 @@ class Dump:
     strategy: str          # chunking strategy for the layer (store/chunker.py)
     info: DatabaseInfo
     stream: Iterator[bytes]
+    size: int | None = None  # bytes the stream will yield, when known (for progress)
 
 
 class Engine(Protocol):

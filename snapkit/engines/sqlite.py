@@ -169,7 +169,7 @@ class SqliteEngine:
             finally:
                 src.close()
             info = inspect(copy, self.url)
-            yield Dump(f"fixed:{block_size(page_size_of(copy))}", info, _read_file(copy))
+            yield Dump(f"fixed:{block_size(page_size_of(copy))}", info, _read_file(copy), copy.stat().st_size)
         finally:
             copy.unlink(missing_ok=True)
 

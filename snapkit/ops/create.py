@@ -27,11 +27,12 @@ def run_check(project, check: str) -> None:
 
 def create(project, message: str | None = None, *, no_commit: bool = False, tags=(), pin: bool = False,
            check: str | None = None, safety: bool = False, lock_timeout: float = 30.0,
-           db_timeout: float | None = None) -> CreateResult:
+           db_timeout: float | None = None, progress=None) -> CreateResult:
     """Snapshot HEAD (after committing a dirty tree when `message` is given).
 
     Raises DatabaseError, KeyAccessError, LockedError, CheckFailed, GitError.
     Nothing is visible in the store unless the whole snapshot was written.
+    `progress(done_bytes, total_bytes)` is called as the database streams.
     """
     started = time.time()
     repo = project.git
@@ -56,7 +57,8 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
     with store.lock(exclusive=False, timeout=lock_timeout):
         writer = store.writer()
         with engine.dump(tmp) as dump:
-            db = writer.write_layer("database", dump.strategy, dump.stream, base=_previous(project, store))
+            stream = track(dump.stream, dump.size, progress)
+            db = writer.write_layer("database", dump.strategy, stream, base=_previous(project, store))
             info = dump.info
         sink = writer.layer("code", CODE_STRATEGY)
         repo.write_tree_tar(head.id, sink)
@@ -100,6 +102,18 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
         chunks=db.chunks + code.chunks, new_chunks=db.new_chunks + code.new_chunks,
         duration_s=meta["duration_s"], layers=layers, warnings=tuple(warnings),
     )
+
+
+def track(stream, total, progress):
+    """Pass `stream` through, reporting bytes done to `progress` (if any)."""
+    if progress is None:
+        yield from stream
+        return
+    done = 0
+    for block in stream:
+        done += len(block)
+        progress(done, total)
+        yield block
 
 
 def _previous(project, store):

@@ -66,7 +66,7 @@ def _exists(engine) -> bool:
 
 def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False, detach: bool = False,
             to_url: str | None = None, dry_run: bool = False, no_safety: bool = False,
-            force: bool = False, confirm=None, entry: dict | None = None) -> RestoreResult:
+            force: bool = False, confirm=None, entry: dict | None = None, progress=None) -> RestoreResult:
     """Restore a snapshot. `confirm(plan) -> bool` is asked before anything changes.
 
     Raises DirtyWorkTree (names the files), IntegrityError for a damaged
@@ -97,9 +97,13 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
             from snapkit.ops.create import create
 
             safety_id = create(project, safety=True).id
+        from snapkit.ops.create import track
+
         engine = project.engine(to_url)
         with store.lock(exclusive=False):
-            engine.restore(store.read_layer(manifest, "database"), project.tmp_dir())
+            stream = track(store.read_layer(manifest, "database"),
+                           manifest.layers["database"]["logical_bytes"], progress)
+            engine.restore(stream, project.tmp_dir())
         restored.append("database")
     if "code" in the_plan.layers:
         try:
