@@ -155,7 +155,9 @@ def list_(
     json_: JSON = False,
 ):
     """Snapshots, newest first. Needs no key."""
-    entries = _project().list(n=n, commit=commit, tag=tag, env=env)
+    # `--env` anywhere on the line is taken as the global option (cli/app.py), which
+    # for `list` means: only that environment's snapshots.
+    entries = _project().list(n=n, commit=commit, tag=tag, env=env or os.environ.get("SNAPKIT_ENV"))
     if json_:
         return render.list_json(entries)
     render.snapshot_table(entries)
