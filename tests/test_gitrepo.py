@@ -71,7 +71,7 @@ class WriteOnly:
 def isolated_git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the developer's global/system git config and any hook env out."""
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")

@@ -21,8 +21,9 @@ def run_check(project, check: str) -> None:
     except OSError as exc:
         raise CheckFailed(f"check command {argv[0]!r} could not run: {exc.strerror}") from None
     if proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        raise CheckFailed(f"check {check!r} failed with exit code {proc.returncode}: {last[0]}"[:300])
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        said = f": {last[0]}" if last else ""
+        raise CheckFailed(f"check {check!r} failed with exit code {proc.returncode}{said}"[:300])
 
 
 def create(project, message: str | None = None, *, no_commit: bool = False, tags=(), pin: bool = False,
