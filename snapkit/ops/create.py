@@ -56,6 +56,9 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
     engine.check()
     tmp = project.tmp_dir()
     with store.lock(exclusive=False, timeout=lock_timeout):
+        from snapkit.store.repository import remove_stale_temp
+
+        remove_stale_temp(store.backend)
         writer = store.writer()
         with engine.dump(tmp) as dump:
             stream = track(dump.stream, dump.size, progress)

@@ -15,6 +15,7 @@ import time
 from snapkit.errors import IntegrityError, SnapkitError
 from snapkit.model import Problem, VerifyResult
 from snapkit.ops.resolve import resolve
+from snapkit.store.repository import pack_name
 
 LAST_VERIFY = "verify.json"
 
@@ -32,7 +33,11 @@ def verify(project, refs=(), *, restore_test: bool = False, progress=None) -> Ve
     bad_entries = set(catalog.check(store.keys))
     store.index()
     problems += [Problem(None, None, None, name, "index object damaged") for name in store.damaged_indexes]
+    known = {f"catalog/{e['id']}.json" for e in catalog.entries()}
+    problems += [Problem(name.split("/", 1)[1].removesuffix(".json"), None, None, name,
+                         "catalog entry damaged (unreadable)") for name in sorted(bad_entries - known)]
     checked: dict[bytes, str | None] = {}
+    pack_users: dict[str, set[str]] = {}
     tested = 0
     for n, entry in enumerate(entries):
         sid = entry["id"]
@@ -49,6 +54,9 @@ def verify(project, refs=(), *, restore_test: bool = False, progress=None) -> Ve
         for layer in manifest.layers:
             ok = True
             for chunk_id in manifest.chunk_ids(layer):
+                loc = store.lookup(chunk_id)
+                if loc is not None:
+                    pack_users.setdefault(pack_name(loc[0]), set()).add(sid)
                 if chunk_id not in checked:
                     try:
                         store.read_chunk(chunk_id)
@@ -62,6 +70,11 @@ def verify(project, refs=(), *, restore_test: bool = False, progress=None) -> Ve
         if restore_test and layer_ok.get("database"):
             tested += 1
             problems += _restore_test(project, store, manifest)
+    for name, users in sorted(pack_users.items()):
+        try:
+            store.check_pack(name)
+        except SnapkitError as exc:
+            problems += [Problem(sid, None, None, name, exc.message) for sid in sorted(users)]
     result = VerifyResult(snapshots=len(entries), chunks_checked=len(checked), restore_tested=tested,
                           problems=tuple(problems))
     _record(store, result)

@@ -33,10 +33,13 @@ class LocalBackend:
         return self.root / name
 
     def mkdir(self, name: str = "") -> Path:
+        """Create `name` and any missing parents up to and including the root, all 0700."""
         path = self.root / name if name else self.root
         if not path.is_dir():
-            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            os.chmod(path, DIR_MODE)
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            for p in reversed(missing):
+                p.mkdir(mode=DIR_MODE, exist_ok=True)
+                os.chmod(p, DIR_MODE)
         return path
 
     def _write_temp(self, name: str, data: bytes) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,43 @@ BATCH_BYTES = 2 * 1024 * 1024
 WORKERS = 2
 # pack trailer record: chunk id, offset, stored length, plaintext size
 _PREC = struct.Struct(f">{ID_BYTES}sIII")
+
+
+def _config_checksum(config: dict) -> str:
+    # The config is read before any key is open (its id names the key file), so
+    # it carries a plain checksum: damage is exit 3, not a misleading "no key".
+    body = {k: v for k, v in config.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def remove_stale_temp(backend: LocalBackend) -> list[str]:
+    """Remove temp files left by dead snapkit processes on this host (a killed create).
+
+    Names carry the writer's pid: `.tmp-<pid>-…` (atomic puts) and
+    `sqlite-<pid>-…` / `restore-test-<pid>-…` (database copies in tmp/).
+    """
+    from snapkit.store.lock import pid_alive
+
+    removed = []
+    folders = ["tmp", "index", "manifests", "catalog", "keys", "locks", ""]
+    packs = backend.path("packs")
+    if packs.is_dir():
+        folders += [f"packs/{d.name}" for d in os.scandir(packs) if d.is_dir()]
+    for folder in folders:
+        try:
+            names = os.listdir(backend.path(folder) if folder else backend.root)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            m = _TEMP.match(name)
+            if m and not pid_alive(int(m.group(1))):
+                path = backend.path(f"{folder}/{name}" if folder else name)
+                path.unlink(missing_ok=True)
+                removed.append(str(path))
+    return removed
+
+
+_TEMP = re.compile(r"^(?:\.tmp|sqlite|restore-test)-(\d+)-")
 
 
 def pack_name(pack_id: bytes) -> str:
@@ -89,6 +127,9 @@ class Store:
             raise IntegrityError(f"{self.path / CONFIG}: not a snapkit store config")
         if config.get("format") not in objects.SUPPORTED_VERSIONS:
             raise StoreFormatError(f"store format {config.get('format')} is not supported")
+        if config.get("checksum") != _config_checksum(config):
+            raise IntegrityError(f"{self.path / CONFIG}: store config is damaged (checksum mismatch)",
+                                 hint="restore snapshots/config from a backup of the store")
         self.config = config
         self.id: str = config["id"]
         self._keys: crypto.Keys | None = None
@@ -113,6 +154,7 @@ class Store:
             keys.add_slot(backend, master, "passphrase", passphrase)
         config = {"magic": "snapkit-store", "format": objects.FORMAT_VERSION, "id": store_id,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        config["checksum"] = _config_checksum(config)
         # The config is written last: a store without one is not a store yet.
         backend.put(CONFIG, json.dumps(config, indent=1).encode())
         store = cls(path)
@@ -197,11 +239,11 @@ class Store:
                         for old in packs.values():
                             old.close()
                         packs.clear()
-                    f = packs[name] = open(self.backend.path(name), "rb")
+                    f = packs[name] = self._open_pack(name)
                 f.seek(off)
                 blob = f.read(length)
             else:
-                with open(self.backend.path(name), "rb") as f:
+                with self._open_pack(name) as f:
                     f.seek(off)
                     blob = f.read(length)
         except FileNotFoundError:
@@ -229,6 +271,39 @@ class Store:
         if len(plain) != size or self.keys.chunk_id(plain) != chunk_id:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} does not match its id")
         return plain
+
+    def _open_pack(self, name: str):
+        """Open a pack for reading after checking its header (magic, version, kind)."""
+        f = open(self.backend.path(name), "rb")  # noqa: SIM115 - returned to the caller
+        try:
+            objects.check_header(f.read(objects.HEADER_BYTES), objects.PACK, name)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def check_pack(self, name: str) -> None:
+        """Authenticate a pack's header and sealed trailer; IntegrityError naming the pack."""
+        try:
+            data = self.backend.get(name)
+        except FileNotFoundError:
+            raise IntegrityError(f"{name}: pack is missing") from None
+        objects.check_header(data, objects.PACK, name)
+        if len(data) < objects.HEADER_BYTES + 4:
+            raise IntegrityError(f"{name}: pack is truncated")
+        (n,) = struct.unpack(">I", data[-4:])
+        start = len(data) - 4 - n
+        if n <= 0 or start < objects.HEADER_BYTES:
+            raise IntegrityError(f"{name}: pack trailer is damaged")
+        pack_id = bytes.fromhex(name.rsplit("/", 1)[1])
+        try:
+            trailer = self.keys.open(b"pack trailer " + pack_id, data[start:-4])
+        except crypto.AuthenticationFailed:
+            raise IntegrityError(f"{name}: pack trailer is damaged (authentication failed)") from None
+        for off in range(0, len(trailer), _PREC.size):
+            _cid, c_off, c_len, _size = _PREC.unpack(trailer[off : off + _PREC.size])
+            if c_off < objects.HEADER_BYTES or c_off + c_len > start:
+                raise IntegrityError(f"{name}: pack trailer does not match the pack")
 
     def read_layer(self, manifest: Manifest, layer: str) -> Iterator[bytes]:
         """Stream a layer's plaintext; checks the layer's sha256 at the end."""
@@ -326,6 +401,10 @@ class SnapshotWriter:
         pin_mmap_threshold()
         self.store = store
         self.index = store.index()
+        # Chunks this writer added: not in the store's shared index until the
+        # index object naming them is durable (commit), so a failed or abandoned
+        # writer never leaves phantom chunks for the next one to "dedupe" against.
+        self.written: dict[bytes, bytes] = {}
         self.inflight: set[bytes] = set()
         self.records = bytearray()
         self.pack = _PackWriter(store)
@@ -359,7 +438,7 @@ class SnapshotWriter:
     def _put(self, chunk: bytes, result: LayerResult, base_id: bytes | None) -> bytes:
         chunk_id = self.store.keys.chunk_id(chunk)
         result.chunks += 1
-        if chunk_id in self.index or chunk_id in self.inflight:
+        if chunk_id in self.index or chunk_id in self.written or chunk_id in self.inflight:
             return chunk_id
         self.inflight.add(chunk_id)
         if base_id == chunk_id:
@@ -381,7 +460,7 @@ class SnapshotWriter:
         for chunk_id, blob, size, depth, result in self._futures.popleft().result():
             rec = self.pack.add(chunk_id, blob, size, depth)
             self.records += rec
-            self.index[chunk_id] = rec[ID_BYTES:]
+            self.written[chunk_id] = rec[ID_BYTES:]
             self.inflight.discard(chunk_id)
             result.new_chunks += 1
             result.stored_bytes += len(blob)
@@ -434,6 +513,8 @@ class SnapshotWriter:
             data = self.store._seal_object(objects.INDEX, name, bytes(self.records))
             self.store.backend.put(name, data)
             self.records = bytearray()
+            self.index.update(self.written)
+            self.written = {}
         layers = {n: r.as_meta() for n, r in self.layers.items()}
         # Chunk lists follow the layers in sorted name order, as load_manifest reads them.
         lists = b"".join(bytes(self.chunk_lists[n]) for n in sorted(layers))
