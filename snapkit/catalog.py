@@ -38,11 +38,17 @@ class Catalog:
         """Write (or replace) an entry atomically, authenticated with the catalog key."""
         doc = {"entry": entry, "mac": keys.mac_of(_canonical(entry)).hex()}
         self.backend.put(f"{FOLDER}/{entry['id']}.json", json.dumps(doc, sort_keys=True).encode())
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # Writers refresh the cache, so read-only commands (a dry run) find it
+        # current and write nothing to the store.
         self._entries = None
+        self._load()
 
     def delete(self, snapshot_id: str) -> None:
         self.backend.delete(f"{FOLDER}/{snapshot_id}.json")
-        self._entries = None
+        self._refresh()
 
     # ---- reading -------------------------------------------------------------
 

@@ -388,6 +388,14 @@ class GitRepo:
             self._repo.checkout_tree(target, strategy=strategy | CheckoutStrategy.RECREATE_MISSING)
         self._point_head(target.id, detach=detach, message=f"snapkit: restore {short}")
 
+    def check_checkout(self, commit_id: str) -> None:
+        """Raise what `checkout(commit_id)` without force would raise, changing nothing.
+
+        Restore calls this before touching the database, so a refused code
+        checkout never leaves the database restored and the code not.
+        """
+        self._refuse_to_lose_work(self._commit(commit_id).tree)
+
     def _refuse_to_lose_work(self, tree: pygit2.Tree) -> None:
         dirty = self.dirty_files()
         if dirty:

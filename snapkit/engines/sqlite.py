@@ -159,15 +159,19 @@ class SqliteEngine:
         try:
             src = _connect(self.path, self.timeout)
             try:
+                # Take the read transaction ourselves: the busy timeout applies here,
+                # whereas Connection.backup() retries a locked source forever.
+                src.execute("BEGIN")
+                src.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 dst = sqlite3.connect(copy)
                 try:
-                    src.backup(dst, pages=-1)  # one step: one read transaction, consistent
+                    src.backup(dst, pages=-1)  # one step inside our read transaction: consistent
                 finally:
                     dst.close()
             except sqlite3.Error as exc:
                 raise _db_error(self.path, exc) from None
             finally:
-                src.close()
+                src.close()  # ends the read transaction
             info = inspect(copy, self.url)
             yield Dump(f"fixed:{block_size(page_size_of(copy))}", info, _read_file(copy), copy.stat().st_size)
         finally:
@@ -193,6 +197,10 @@ class SqliteEngine:
                     raise DatabaseError("the snapshot's database fails SQLite's quick_check; nothing was changed")
                 dst = _connect(self.path, self.timeout, create=True)
                 try:
+                    # backup() retries a busy destination forever; wait for the write
+                    # lock here instead, where the busy timeout applies.
+                    dst.execute("BEGIN IMMEDIATE")
+                    dst.execute("ROLLBACK")
                     src.backup(dst, pages=-1)
                 except sqlite3.Error as exc:
                     raise _db_error(self.path, exc) from None

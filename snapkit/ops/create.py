@@ -40,6 +40,7 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
     warnings = []
     engine = project.engine(timeout=db_timeout)  # config errors before any git change
     store = project.unlocked_store()             # wrong key: nothing written, nothing committed
+    engine.check()  # a missing database fails before anything is committed
     if check:
         run_check(project, check)
     committed = False

@@ -80,6 +80,8 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
                     no_safety=no_safety)
     if the_plan.dirty_files and not force and not dry_run:
         raise DirtyWorkTree("work tree has uncommitted changes: " + _names(the_plan.dirty_files))
+    if "code" in the_plan.layers and not force and not dry_run:
+        project.git.check_checkout(entry["commit"])  # before the database is touched
     if dry_run:
         return RestoreResult(plan=the_plan, dry_run=True)
     if confirm is not None and not confirm(the_plan):
