@@ -31,6 +31,8 @@ class Catalog:
     def __init__(self, backend: LocalBackend):
         self.backend = backend
         self._entries: list[dict] | None = None
+        # False for commands that must not write to the store at all (a dry run).
+        self.write_cache = True
 
     # ---- writing -------------------------------------------------------------
 
@@ -38,17 +40,11 @@ class Catalog:
         """Write (or replace) an entry atomically, authenticated with the catalog key."""
         doc = {"entry": entry, "mac": keys.mac_of(_canonical(entry)).hex()}
         self.backend.put(f"{FOLDER}/{entry['id']}.json", json.dumps(doc, sort_keys=True).encode())
-        self._refresh()
-
-    def _refresh(self) -> None:
-        # Writers refresh the cache, so read-only commands (a dry run) find it
-        # current and write nothing to the store.
         self._entries = None
-        self._load()
 
     def delete(self, snapshot_id: str) -> None:
         self.backend.delete(f"{FOLDER}/{snapshot_id}.json")
-        self._refresh()
+        self._entries = None
 
     # ---- reading -------------------------------------------------------------
 
@@ -91,7 +87,7 @@ class Catalog:
         if len(cache) != len(out):
             cache = {k: v for k, v in cache.items() if k in out}
             changed = True
-        if changed:
+        if changed and self.write_cache:
             try:
                 self.backend.put(CACHE, json.dumps(cache).encode())
             except OSError:

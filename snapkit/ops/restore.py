@@ -74,6 +74,8 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
     """
     from snapkit.errors import Aborted
 
+    if dry_run:
+        project.catalog.write_cache = False  # a dry run writes nothing, not even a cache
     entry = entry or resolve(project, ref)
     layers = _layers(db_only, code_only)
     the_plan = plan(project, entry, layers=layers, detach=detach, to_url=to_url, force=force,
