@@ -16,8 +16,13 @@ def open_engine(url: str | None, root: Path):
         from snapkit.engines.sqlite import SqliteEngine
 
         return SqliteEngine.from_url(url, root)
-    if scheme in ("postgresql", "postgres", "mysql", "mariadb"):
-        raise DatabaseError(f"the {scheme} engine is not available in this version of snapkit",
-                            hint="SQLite is supported now; PostgreSQL and MariaDB/MySQL are coming")
+    if scheme in ("postgresql", "postgres"):
+        from snapkit.engines.postgres import PostgresEngine
+
+        return PostgresEngine.from_url(url, root)
+    if scheme in ("mysql", "mariadb"):
+        from snapkit.engines.mysql import MysqlEngine
+
+        return MysqlEngine.from_url(url, root)
     raise DatabaseError(f"unsupported database URL scheme {scheme!r}",
-                        hint="use sqlite:///path/to/app.db")
+                        hint="use sqlite:///app.db, postgresql://user@host/db or mysql://user@host/db")
