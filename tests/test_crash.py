@@ -223,6 +223,10 @@ def test_leftovers_of_a_killed_create_are_cleaned_up_later(project, cli):
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "ignore the store")
     fill(project / "app.db", random.Random(5), rows=12_000)
+    # WAL mode: snapkit copies the database into tmp/ first (rollback mode reads it in place).
+    con = sqlite3.connect(project / "app.db")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.close()
     cli("create", "--no-commit")
     change(project / "app.db", random.Random(6), gen=1)
     proc = start_create(project)

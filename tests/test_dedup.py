@@ -40,3 +40,40 @@ def test_one_percent_change_of_200_mb_adds_a_small_fraction(tmp_path, app_repo, 
     cli("restore", second["id"], "--to-url", f"sqlite:///{tmp_path}/r2.db", "--yes")
     assert sha3(tmp_path / "r1.db") == sha3(v1)
     assert sha3(tmp_path / "r2.db") == sha3(db)
+
+
+def _db_layer(cli, ref="@0"):
+    return json.loads(cli("show", ref, "--json").stdout)["layers"]["database"]
+
+
+def test_unchanged_database_is_not_read_again_but_a_change_is_seen(project, cli):
+    import sqlite3
+
+    from tests.conftest import sqlite_dump
+
+    cli("create", "--no-commit")
+    cli("create", "--no-commit")
+    second = _db_layer(cli)
+    assert second["stored_bytes"] == 0 and second["source_state"]["journal"] == "rollback"
+    # A one-row change in the same second must never be mistaken for "unchanged".
+    con = sqlite3.connect(project / "app.db")
+    con.execute("UPDATE users SET name = 'changed' WHERE id = 3")
+    con.commit()
+    con.close()
+    expected = sqlite_dump(project / "app.db")
+    sid = cli("create", "--no-commit").stdout.strip()
+    assert _db_layer(cli)["sha256"] != second["sha256"]
+    (project / "app.db").unlink()
+    cli("restore", sid, "--db-only", "--yes")
+    assert sqlite_dump(project / "app.db") == expected
+
+
+def test_wal_database_is_always_read(project, cli):
+    import sqlite3
+
+    con = sqlite3.connect(project / "app.db")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.close()
+    cli("create", "--no-commit")
+    cli("create", "--no-commit")
+    assert "source_state" not in _db_layer(cli)

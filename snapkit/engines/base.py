@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +31,19 @@ class Dump:
     """A consistent copy of the database being read: its layer bytes and metadata."""
 
     strategy: str          # chunking strategy for the layer (store/chunker.py)
-    info: DatabaseInfo
+    info: DatabaseInfo | None
     stream: Iterator[bytes]
     size: int | None = None  # bytes the stream will yield, when known (for progress)
+    # What identifies the source's state cheaply, when the engine can tell
+    # that nothing changed (SQLite in rollback-journal mode); None otherwise.
+    state: dict | None = None
+    info_fn: Callable[[], DatabaseInfo] | None = None  # computed while the stream runs
+
+    def database_info(self) -> DatabaseInfo:
+        """The metadata; call after the stream is consumed."""
+        if self.info is None and self.info_fn is not None:
+            self.info = self.info_fn()
+        return self.info
 
 
 class Engine(Protocol):

@@ -73,6 +73,13 @@ def inspect(path: Path, url: str) -> DatabaseInfo:
     """Tables and row counts, schema fingerprint and migration state of a SQLite file."""
     con = _connect(path, timeout=5)
     try:
+        return _inspect(con, path, url)
+    finally:
+        con.close()
+
+
+def _inspect(con: sqlite3.Connection, path: Path, url: str) -> DatabaseInfo:
+    try:
         schema = con.execute(
             "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
         tables = {}
@@ -86,8 +93,6 @@ def inspect(path: Path, url: str) -> DatabaseInfo:
         migrations = _migration_state(con, set(tables))
     except sqlite3.Error as exc:
         raise _db_error(path, exc) from None
-    finally:
-        con.close()
     return DatabaseInfo("sqlite", sqlite3.sqlite_version, url, tables,
                         "sha256:" + fingerprint.hexdigest(), migrations)
 
@@ -115,6 +120,14 @@ def _migration_state(con: sqlite3.Connection, tables: set[str]) -> dict:
                           "AND version IS NOT NULL ORDER BY installed_rank DESC LIMIT 1").fetchone()
         state["flyway"] = {"version": row[0] if row else None}
     return state
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_file(path: Path) -> Iterator[bytes]:
@@ -153,16 +166,77 @@ class SqliteEngine:
 
     @contextmanager
     def dump(self, tmp_dir: Path):
-        """Consistent copy via the backup API into tmp_dir; yields a Dump of that copy."""
+        """A consistent image of the database file; yields a Dump.
+
+        Rollback-journal mode: the file itself is read while we hold a read
+        transaction (SQLite's SHARED lock: no writer can change the file), and
+        the tables are counted on a second connection in parallel. No copy.
+        WAL mode: the main file alone is not the database (recent pages live in
+        the -wal file), so the backup API copies it into tmp_dir first.
+        """
         self.check()
-        copy = tmp_dir / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}.db"
+        src = _connect(self.path, self.timeout)
         try:
-            src = _connect(self.path, self.timeout)
             try:
                 # Take the read transaction ourselves: the busy timeout applies here,
                 # whereas Connection.backup() retries a locked source forever.
                 src.execute("BEGIN")
                 src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                wal = src.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            except sqlite3.Error as exc:
+                raise _db_error(self.path, exc) from None
+            if wal:
+                with self._copy(src, tmp_dir) as dump:
+                    yield dump
+            else:
+                yield self._direct(src)
+        finally:
+            src.close()  # ends the read transaction
+
+    def _direct(self, src: sqlite3.Connection) -> Dump:
+        with open(self.path, "rb") as f:
+            head = f.read(100)
+        st = self.path.stat()
+        state = {"journal": "rollback", "change_counter": int.from_bytes(head[24:28], "big"),
+                 "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        result: dict = {}
+
+        def count() -> None:
+            # Its own connection: SQLite releases the GIL while it counts, so the
+            # counting overlaps the chunking. Our SHARED lock keeps both views equal.
+            try:
+                result["info"] = inspect(self.path, self.url)
+            except BaseException as exc:  # handed to the caller in info_fn
+                result["error"] = exc
+
+        import threading
+
+        thread = threading.Thread(target=count, name="snapkit-inspect", daemon=True)
+
+        started = []
+
+        def stream() -> Iterator[bytes]:
+            started.append(True)
+            thread.start()
+            yield from _read_file(self.path)
+
+        def info() -> DatabaseInfo:
+            if started:
+                thread.join()
+            else:
+                count()  # the stream was never read (an unchanged database reuses its layer)
+            if "error" in result:
+                raise result["error"]
+            return result["info"]
+
+        return Dump(f"fixed:{block_size(page_size_of(self.path))}", None, stream(), st.st_size,
+                    state=state, info_fn=info)
+
+    @contextmanager
+    def _copy(self, src: sqlite3.Connection, tmp_dir: Path):
+        copy = tmp_dir / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}.db"
+        try:
+            try:
                 dst = sqlite3.connect(copy)
                 try:
                     src.backup(dst, pages=-1)  # one step inside our read transaction: consistent
@@ -170,8 +244,7 @@ class SqliteEngine:
                     dst.close()
             except sqlite3.Error as exc:
                 raise _db_error(self.path, exc) from None
-            finally:
-                src.close()  # ends the read transaction
+            src.execute("COMMIT")  # the copy is ours: let writers go on
             info = inspect(copy, self.url)
             yield Dump(f"fixed:{block_size(page_size_of(copy))}", info, _read_file(copy), copy.stat().st_size)
         finally:
@@ -186,15 +259,25 @@ class SqliteEngine:
             os.fsync(f.fileno())
 
     def restore(self, source: Iterable[bytes], tmp_dir: Path) -> None:
-        """Rebuild the file, then copy it into the live database in one transaction."""
+        """Rebuild the file beside the database, then put it in place all or nothing.
+
+        No database there yet: rename the rebuilt file into place (atomic).
+        A database there (perhaps open in the app): copy into it with the
+        backup API, one transaction through its journal, same inode.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staged = self.path.parent / f".{self.path.name}.snapkit-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            self._rebuild(source, staged)
+            self._rebuild(source, staged)  # the layer's SHA-256 is checked when the stream ends
+            if not self.path.exists():
+                try:
+                    os.link(staged, self.path)  # never replaces a database that appeared meanwhile
+                    _fsync_dir(self.path.parent)
+                    return
+                except FileExistsError:
+                    pass
             src = sqlite3.connect(staged)
             try:
-                if src.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                    raise DatabaseError("the snapshot's database fails SQLite's quick_check; nothing was changed")
                 dst = _connect(self.path, self.timeout, create=True)
                 try:
                     # backup() retries a busy destination forever; wait for the write

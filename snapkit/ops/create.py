@@ -7,6 +7,7 @@ import time
 
 from snapkit import __version__
 from snapkit.config import command_list
+from snapkit.engines.base import DatabaseInfo
 from snapkit.errors import CheckFailed, GitError
 from snapkit.model import CreateResult, iso, snapshot_id
 from snapkit.ops import state
@@ -61,10 +62,16 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
 
         remove_stale_temp(store.backend)
         writer = store.writer()
+        previous = _previous(project, store)
         with engine.dump(tmp) as dump:
-            stream = track(dump.stream, dump.size, progress)
-            db = writer.write_layer("database", dump.strategy, stream, base=_previous(project, store))
-            info = dump.info
+            db = _unchanged(writer, dump, previous, engine.url)
+            if db is not None:
+                info = DatabaseInfo(**previous.meta["database"])
+            else:
+                stream = track(dump.stream, dump.size, progress)
+                db = writer.write_layer("database", dump.strategy, stream, base=previous)
+                info = dump.database_info()
+            db.source_state = dump.state
         sink = writer.layer("code", CODE_STRATEGY)
         repo.write_tree_tar(head.id, sink)
         code = sink.close()
@@ -107,6 +114,20 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
         chunks=db.chunks + code.chunks, new_chunks=db.new_chunks + code.new_chunks,
         duration_s=meta["duration_s"], layers=layers, warnings=tuple(warnings),
     )
+
+
+def _unchanged(writer, dump, previous, url):
+    """Reuse the previous database layer when the engine can tell nothing changed.
+
+    Only engines that can prove it set `dump.state` (SQLite in rollback-journal
+    mode: change counter, size and mtime, read under our read lock).
+    """
+    if dump.state is None or previous is None or previous.meta.get("database", {}).get("url") != url:
+        return None
+    layer = previous.layers.get("database", {})
+    if layer.get("source_state") != dump.state or layer.get("strategy") != dump.strategy:
+        return None
+    return writer.reuse_layer("database", previous)
 
 
 def track(stream, total, progress):
