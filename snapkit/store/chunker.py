@@ -30,16 +30,21 @@ class FixedChunker:
         self._buf = bytearray()
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
-        self._buf += data
-        n = len(self._buf) // self.size * self.size
-        if n:
-            view = memoryview(self._buf)
-            try:
-                for off in range(0, n, self.size):
-                    yield bytes(view[off : off + self.size])
-            finally:
-                view.release()
-            del self._buf[:n]
+        view = memoryview(data)
+        size = self.size
+        if self._buf:  # complete the pending partial block first
+            take = min(size - len(self._buf), len(view))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < size:
+                return
+            yield bytes(self._buf)
+            self._buf = bytearray()
+        n = len(view) // size * size
+        for off in range(0, n, size):
+            yield view[off : off + size].tobytes()
+        if n < len(view):
+            self._buf += view[n:]
 
     def finish(self) -> Iterator[bytes]:
         if self._buf:

@@ -48,11 +48,18 @@ def pack_payload(data: bytes | memoryview, base: bytes | None = None, base_id: b
 
     Returns (payload, is_delta). Raw when zstd does not make it smaller.
     """
-    z = _cctx().compress(data)
     if base is not None and base_id is not None:
         d = zstandard.ZstdCompressor(level=LEVEL, dict_data=_raw_dict(base)).compress(data)
+        # A delta under 1/16 of the chunk beats compressing it alone by far (SQLite
+        # pages compress ~3x): skip the second compression (measured: ~45% of a
+        # changed block's cost).
+        if len(d) + BASE_ID_BYTES < len(data) // 16:
+            return bytes((ZSTD_DELTA,)) + base_id + d, True
+        z = _cctx().compress(data)
         if len(d) + BASE_ID_BYTES < len(z) * DELTA_GAIN:
             return bytes((ZSTD_DELTA,)) + base_id + d, True
+    else:
+        z = _cctx().compress(data)
     if len(z) < len(data):
         return bytes((ZSTD,)) + z, False
     return bytes((RAW,)) + bytes(data), False

@@ -536,7 +536,7 @@ class SnapshotWriter:
             loc = self.store.lookup(base_id) if base_id is not None else None
             if loc is not None and loc[4] < MAX_DELTA_DEPTH:
                 try:
-                    base = self.store.read_chunk(base_id)
+                    base = self.store.read_chunk(base_id, check_id=False)  # AEAD-authenticated
                     depth = loc[4] + 1
                 except IntegrityError:
                     base = None  # a damaged base only costs a full chunk
@@ -594,7 +594,7 @@ class LayerSink:
         self.writer = writer
         self.result = LayerResult(name, strategy)
         self.ids = bytearray()
-        self.digest = hashlib.sha256()
+        self.digest = _BackgroundDigest()
         self.chunker = make_chunker(strategy)
         self.base_ids = base_ids
 
@@ -615,7 +615,33 @@ class LayerSink:
         for chunk in self.chunker.finish():
             self.ids += self.writer._put(chunk, self.result, self._base(self.result.chunks))
         self.writer._drain()
-        self.result.sha256 = self.digest.hexdigest()
+        self.result.sha256 = self.digest.hexdigest()  # waits for the hashing thread
         self.writer.layers[self.result.name] = self.result
         self.writer.chunk_lists[self.result.name] = self.ids
         return self.result
+
+
+class _BackgroundDigest:
+    """SHA-256 of a layer computed in its own thread (hashlib releases the GIL on
+    large buffers), so it overlaps chunking and id hashing instead of adding to them."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=8)  # bounded: ≤ 8 blocks in flight
+        self._digest = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="snapkit-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._digest.update(data)
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._queue.put(bytes(data) if isinstance(data, memoryview) else data)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._digest.hexdigest()
