@@ -57,6 +57,12 @@ def plan(project, entry: dict, *, layers, detach: bool, to_url: str | None, forc
 
 
 def _exists(engine) -> bool:
+    """Whether the live database exists. Engines that can tell "missing" apart from
+    other failures (server down, wrong password) provide `exists()`, which raises
+    for those: a safety snapshot must never be skipped because of them."""
+    probe = getattr(engine, "exists", None)
+    if probe is not None:
+        return probe()
     try:
         engine.check()
         return True
