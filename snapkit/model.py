@@ -64,6 +64,7 @@ class RestorePlan(Result):
     safety_snapshot: bool
     dirty_files: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    schema: str | None = None   # migration relation of a database-only restore: same/older/newer/diverged
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class RestoreResult(Result):
     dry_run: bool
     safety_id: str | None = None
     restored: tuple[str, ...] = ()
+    post_restore: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

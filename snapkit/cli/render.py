@@ -88,6 +88,9 @@ def restore(result) -> None:
     if result.safety_id:
         c.print(f"safety snapshot {result.safety_id} taken first")
     c.print(f"restored {', '.join(result.restored)} from {result.plan.id}")
+    if result.plan.schema == "older":
+        c.print("note: the snapshot's schema is older than the code: run your migrations"
+                + (" (post_restore ran: " + "; ".join(result.post_restore) + ")" if result.post_restore else ""))
 
 
 def verify(result) -> None:

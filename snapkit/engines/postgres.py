@@ -384,6 +384,22 @@ class PostgresEngine:
         finally:
             engine.dispose()
 
+    def migration_state(self) -> dict:
+        """The live database's migration state (for restore's schema check)."""
+        from sqlalchemy.exc import DBAPIError
+
+        from snapkit.engines.sql_inspect import migration_state
+
+        engine = self._sa_engine()
+        try:
+            with engine.connect() as c:
+                return migration_state(c)
+        except DBAPIError as exc:
+            raise DatabaseError(f"reading the migration state of {self.dbname} failed: "
+                                f"{str(exc.orig).strip().splitlines()[0]}") from None
+        finally:
+            engine.dispose()
+
     # ---- dump
     @contextmanager
     def dump(self, tmp_dir: Path):

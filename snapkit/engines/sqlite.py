@@ -164,6 +164,18 @@ class SqliteEngine:
         except OSError as exc:
             raise DatabaseError(f"cannot read database {self.path}: {exc.strerror}") from None
 
+    def migration_state(self) -> dict:
+        """The live database's migration state (for restore's schema check)."""
+        self.check()
+        con = _connect(self.path, self.timeout)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return _migration_state(con, tables)
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from None
+        finally:
+            con.close()
+
     @contextmanager
     def dump(self, tmp_dir: Path):
         """A consistent image of the database file; yields a Dump.

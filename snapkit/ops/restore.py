@@ -25,7 +25,7 @@ def _layers(db_only: bool, code_only: bool) -> tuple[str, ...]:
 
 
 def plan(project, entry: dict, *, layers, detach: bool, to_url: str | None, force: bool,
-         no_safety: bool) -> RestorePlan:
+         no_safety: bool, snapshot_state: dict | None = None) -> RestorePlan:
     repo = project.git
     notes = []
     if to_url:
@@ -44,16 +44,30 @@ def plan(project, entry: dict, *, layers, detach: bool, to_url: str | None, forc
             notes.append("--force: uncommitted changes will be discarded: " + ", ".join(dirty[:10]))
     database = None
     safety = False
+    compat = None
     if "database" in layers:
         engine = project.engine(to_url)
         database = engine.url if to_url else str(getattr(engine, "path", engine.url))
         safety = not to_url and not no_safety
-        if safety and not _exists(engine):
+        live_exists = to_url is not None or _exists(engine)
+        if safety and not live_exists:
             safety = False
             notes.append("the live database does not exist: no safety snapshot is needed")
+        if "code" not in layers and not to_url and live_exists and snapshot_state is not None:
+            from snapkit.ops import compat as compat_mod
+
+            c = compat_mod.compare(project, snapshot_state, compat_mod.live_state(engine), entry["commit"])
+            if c.relation not in ("same", "unknown"):
+                notes.append(c.describe())
+                if c.refuses:
+                    notes.append("refused without --force: restore code and data together instead"
+                                 if not force else "--force: restoring anyway")
+                elif project.config.post_restore:
+                    notes.append("then run post_restore: " + "; ".join(" ".join(a) for a in project.config.post_restore))
+            compat = c.relation
     return RestorePlan(id=entry["id"], commit=entry["commit"], layers=tuple(layers), database=database,
                        to_url=to_url, code_action=code_action, safety_snapshot=safety,
-                       dirty_files=dirty, notes=tuple(notes))
+                       dirty_files=dirty, notes=tuple(notes), schema=compat)
 
 
 def _exists(engine) -> bool:
@@ -84,8 +98,18 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
         project.catalog.write_cache = False  # a dry run writes nothing, not even a cache
     entry = entry or resolve(project, ref)
     layers = _layers(db_only, code_only)
+    snapshot_state = None
+    if db_only and not to_url:
+        store = project.unlocked_store()
+        project.catalog.authenticated(entry["id"], store.keys)
+        snapshot_state = store.load_manifest(entry["id"]).meta.get("database", {}).get("migration_state")
     the_plan = plan(project, entry, layers=layers, detach=detach, to_url=to_url, force=force,
-                    no_safety=no_safety)
+                    no_safety=no_safety, snapshot_state=snapshot_state)
+    if the_plan.schema in ("newer", "diverged") and not force and not dry_run:
+        from snapkit.ops.compat import Compat
+
+        raise SnapkitError(f"refusing a database-only restore: {Compat(the_plan.schema, {}, {}).describe()}",
+                           hint="restore code and data together (drop --db-only), or pass --force")
     if the_plan.dirty_files and not force and not dry_run:
         raise DirtyWorkTree("work tree has uncommitted changes: " + _names(the_plan.dirty_files))
     if "code" in the_plan.layers and not force and not dry_run:
@@ -125,7 +149,13 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
         restored.append("code")
     if not to_url:
         state.record(project, entry["id"], entry["commit"], "restored")
-    return RestoreResult(plan=the_plan, dry_run=False, safety_id=safety_id, restored=tuple(restored))
+    ran: list[str] = []
+    if the_plan.schema == "older":
+        from snapkit.ops.compat import run_post_restore
+
+        ran = run_post_restore(project)
+    return RestoreResult(plan=the_plan, dry_run=False, safety_id=safety_id, restored=tuple(restored),
+                         post_restore=tuple(ran))
 
 
 def _check_engine(project, manifest, to_url) -> None:
