@@ -71,6 +71,7 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
                 stream = track(dump.stream, dump.size, progress)
                 db = writer.write_layer("database", dump.strategy, stream, base=previous)
                 info = dump.database_info()
+            warnings += list(getattr(dump, "warnings", ()))
             db.source_state = dump.state
         sink = writer.layer("code", CODE_STRATEGY)
         repo.write_tree_tar(head.id, sink)
