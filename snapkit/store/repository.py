@@ -74,7 +74,7 @@ def remove_stale_temp(backend: LocalBackend) -> list[str]:
     return removed
 
 
-_TEMP = re.compile(r"^(?:\.tmp|sqlite|restore-test)-(\d+)-")
+_TEMP = re.compile(r"^(?:\.tmp|sqlite|restore-test|mysql)-(\d+)-")
 
 
 def pack_name(pack_id: bytes) -> str:
