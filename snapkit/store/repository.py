@@ -326,8 +326,11 @@ class Store:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
+        from snapkit.store.memory import pin_mmap_threshold
+
         if layer not in manifest.layers:
             raise IntegrityError(f"snapshot {manifest.id} has no {layer} layer")
+        pin_mmap_threshold()
         ids = list(manifest.chunk_ids(layer))
         digest = hashlib.sha256()
         batch = 32
@@ -346,7 +349,7 @@ class Store:
             try:
                 for start in starts:
                     pending.append(pool.submit(work, start))
-                    if len(pending) > WORKERS * 2:
+                    if len(pending) > WORKERS:
                         break
                 while pending:
                     for data in pending.popleft().result():
