@@ -23,6 +23,7 @@ from pathlib import Path
 
 from snapkit.engines.base import DatabaseInfo, Dump
 from snapkit.errors import DatabaseError
+from snapkit.store.backend import fsync_dir
 
 HEADER = b"SQLite format 3\x00"
 READ_BLOCK = 1024 * 1024
@@ -120,14 +121,6 @@ def _migration_state(con: sqlite3.Connection, tables: set[str]) -> dict:
                           "AND version IS NOT NULL ORDER BY installed_rank DESC LIMIT 1").fetchone()
         state["flyway"] = {"version": row[0] if row else None}
     return state
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_file(path: Path) -> Iterator[bytes]:
@@ -284,7 +277,7 @@ class SqliteEngine:
             if not self.path.exists():
                 try:
                     os.link(staged, self.path)  # never replaces a database that appeared meanwhile
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
                     return
                 except FileExistsError:
                     pass

@@ -17,7 +17,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -61,7 +61,7 @@ class LocalBackend:
         tmp = self._write_temp(name, data)
         final = self.root / name
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def put_new(self, name: str, data: bytes) -> None:
         """Like put, but never replaces: FileExistsError if `name` exists."""
@@ -71,7 +71,7 @@ class LocalBackend:
             os.link(tmp, final)  # link() is atomic and refuses to overwrite
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def get(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
