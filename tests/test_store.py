@@ -662,14 +662,10 @@ def test_failed_write_leaves_no_phantom_chunks(store, tmp_path, monkeypatch, fai
     data = random.Random(23).randbytes(3 * 1024 * 1024)
     w = store.writer()
     if failure == "pack write fails":
-        real_put = store.backend.put
+        def publish(temps):
+            raise OSError(28, "No space left on device")
 
-        def put(name, payload):
-            if name.startswith("packs/"):
-                raise OSError(28, "No space left on device")
-            return real_put(name, payload)
-
-        monkeypatch.setattr(store.backend, "put", put)
+        monkeypatch.setattr(store.backend, "publish", publish)
         with pytest.raises(OSError):
             w.write_layer("database", "fixed:65536", [data])
             w.commit(lambda a: "s1", {})
@@ -677,6 +673,7 @@ def test_failed_write_leaves_no_phantom_chunks(store, tmp_path, monkeypatch, fai
     else:
         w.write_layer("database", "fixed:65536", [data])  # e.g. the code layer then fails: no commit
     w.abort()
+    assert not [p for p in (store.path / "packs").rglob("*") if p.is_file()]  # temp packs are gone
     # The same process (a long-running app using the Python API) tries again.
     w2 = store.writer()
     r = w2.write_layer("database", "fixed:65536", [data])

@@ -61,52 +61,52 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
         from snapkit.store.repository import remove_stale_temp
 
         remove_stale_temp(store.backend)
-        writer = store.writer()
-        previous = _previous(project, store)
-        with engine.dump(tmp) as dump:
-            db = _unchanged(writer, dump, previous, engine.url)
-            if db is not None:
-                info = DatabaseInfo(**previous.meta["database"])
-            else:
-                stream = track(dump.stream, dump.size, progress)
-                db = writer.write_layer("database", dump.strategy, stream, base=previous)
-                info = dump.database_info()
-            warnings += list(getattr(dump, "warnings", ()))
-            db.source_state = dump.state
-        sink = writer.layer("code", CODE_STRATEGY)
-        repo.write_tree_tar(head.id, sink)
-        code = sink.close()
-        tags = sorted(set(tags) | ({"safety"} if safety else set()))
-        meta = {
-            "commit": head.id, "parents": list(head.parents), "branch": repo.current_branch(),
-            "message": message or head.message.splitlines()[0] if (message or head.message) else "",
-            "author": head.author, "env": project.env, "host": _host(), "dirty": dirty,
-            "tags": tags, "pinned": pin, "safety": safety, "snapkit_version": __version__,
-            "database": info.as_meta(),
-        }
-        existing = store.manifest_ids()
+        with store.writer() as writer:  # a failure drops its temp packs
+            previous = _previous(project, store)
+            with engine.dump(tmp) as dump:
+                db = _unchanged(writer, dump, previous, engine.url)
+                if db is not None:
+                    info = DatabaseInfo(**previous.meta["database"])
+                else:
+                    stream = track(dump.stream, dump.size, progress)
+                    db = writer.write_layer("database", dump.strategy, stream, base=previous)
+                    info = dump.database_info()
+                warnings += list(getattr(dump, "warnings", ()))
+                db.source_state = dump.state
+            sink = writer.layer("code", CODE_STRATEGY)
+            repo.write_tree_tar(head.id, sink)
+            code = sink.close()
+            tags = sorted(set(tags) | ({"safety"} if safety else set()))
+            meta = {
+                "commit": head.id, "parents": list(head.parents), "branch": repo.current_branch(),
+                "message": message or head.message.splitlines()[0] if (message or head.message) else "",
+                "author": head.author, "env": project.env, "host": _host(), "dirty": dirty,
+                "tags": tags, "pinned": pin, "safety": safety, "snapkit_version": __version__,
+                "database": info.as_meta(),
+            }
+            existing = store.manifest_ids()
 
-        def make_id(attempt: int) -> str:
-            now = time.time()
-            meta["created_at"] = iso(now)
-            meta["duration_s"] = round(now - started, 3)
-            prefix = snapshot_id(now, "", 0)[:16]
-            seq = sum(1 for i in existing if i.startswith(prefix)) + attempt
-            return snapshot_id(now, head.short, seq)
+            def make_id(attempt: int) -> str:
+                now = time.time()
+                meta["created_at"] = iso(now)
+                meta["duration_s"] = round(now - started, 3)
+                prefix = snapshot_id(now, "", 0)[:16]
+                seq = sum(1 for i in existing if i.startswith(prefix)) + attempt
+                return snapshot_id(now, head.short, seq)
 
-        sid = writer.commit(make_id, meta)
-        layers = {name: r.as_meta() for name, r in writer.layers.items()}
-        entry = {
-            "id": sid, "commit": head.id, "branch": meta["branch"], "message": meta["message"],
-            "created_at": meta["created_at"], "env": project.env, "tags": tags, "pinned": pin,
-            "safety": safety, "dirty": dirty, "engine": info.engine,
-            "logical_bytes": db.logical_bytes + code.logical_bytes,
-            "stored_bytes": db.stored_bytes + code.stored_bytes,
-            "layers": {n: {"logical_bytes": v["logical_bytes"], "stored_bytes": v["stored_bytes"]}
-                       for n, v in layers.items()},
-        }
-        repo.keep_ref(sid, head.id)  # before visibility: a visible snapshot's commit is never GC'd
-        project.catalog.write(entry, store.keys)  # the snapshot becomes visible here
+            sid = writer.commit(make_id, meta)
+            layers = {name: r.as_meta() for name, r in writer.layers.items()}
+            entry = {
+                "id": sid, "commit": head.id, "branch": meta["branch"], "message": meta["message"],
+                "created_at": meta["created_at"], "env": project.env, "tags": tags, "pinned": pin,
+                "safety": safety, "dirty": dirty, "engine": info.engine,
+                "logical_bytes": db.logical_bytes + code.logical_bytes,
+                "stored_bytes": db.stored_bytes + code.stored_bytes,
+                "layers": {n: {"logical_bytes": v["logical_bytes"], "stored_bytes": v["stored_bytes"]}
+                           for n, v in layers.items()},
+            }
+            repo.keep_ref(sid, head.id)  # before visibility: a visible snapshot's commit is never GC'd
+            project.catalog.write(entry, store.keys)  # the snapshot becomes visible here
     if not safety:
         state.record(project, sid, head.id, "created")
     return CreateResult(

@@ -42,13 +42,38 @@ class LocalBackend:
                 os.chmod(p, DIR_MODE)
         return path
 
-    def _write_temp(self, name: str, data: bytes) -> Path:
+    def open_temp(self, name: str):
+        """A new private temp file beside `name`: (its path, a binary file open for writing).
+
+        For objects written piece by piece; `publish` makes them durable and visible.
+        """
         final = self.root / name
         self.mkdir(str(Path(name).parent) if "/" in name else "")
         tmp = final.parent / f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{final.name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        return tmp, os.fdopen(fd, "wb")
+
+    def publish(self, temps: list[tuple[Path, str]]) -> None:
+        """fsync closed temp files, rename each to its name, then fsync their folders.
+
+        Deferring the fsyncs to here lets the kernel write the files back while
+        the caller produces more; all of them are durable when this returns.
+        """
+        for tmp, _name in temps:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, name in temps:
+            os.replace(tmp, self.root / name)
+        for folder in sorted({(self.root / name).parent for _tmp, name in temps}):
+            fsync_dir(folder)
+
+    def _write_temp(self, name: str, data: bytes) -> Path:
+        tmp, f = self.open_temp(name)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -41,8 +41,11 @@ class FixedChunker:
             yield bytes(self._buf)
             self._buf = bytearray()
         n = len(view) // size * size
+        # Slices of immutable bytes are views (no copy: most blocks of a database
+        # are only hashed); anything else may be reused by its producer, so copy.
+        zero_copy = isinstance(data, bytes)
         for off in range(0, n, size):
-            yield view[off : off + size].tobytes()
+            yield view[off : off + size] if zero_copy else view[off : off + size].tobytes()
         if n < len(view):
             self._buf += view[n:]
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import struct
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -398,40 +399,60 @@ class Store:
 
 
 class _PackWriter:
-    """Accumulates sealed chunks into one pack file, bounded by PACK_TARGET bytes."""
+    """Appends sealed chunks to one pack's temp file, up to PACK_TARGET bytes.
+
+    The bytes go straight to the file (no pack-sized buffer in memory); the
+    writer publishes finished packs, fsynced, before the index naming them.
+    """
 
     def __init__(self, store: Store):
         self.store = store
         self.pack_id = os.urandom(PACK_ID_BYTES)
-        self.buf = bytearray(objects.header(objects.PACK))
+        self.name = pack_name(self.pack_id)
+        self.tmp, self.file = store.backend.open_temp(self.name)
+        head = objects.header(objects.PACK)
+        self.file.write(head)
+        self.size = len(head)
         self.entries: list[tuple[bytes, int, int, int]] = []
 
-    def add(self, chunk_id: bytes, blob: bytes, size: int, depth: int) -> bytes:
-        """Append a sealed chunk; returns its index record."""
-        off = len(self.buf)
-        self.entries.append((chunk_id, off, len(blob), size))
-        self.buf += blob
-        return _REC.pack(chunk_id, self.pack_id, off, len(blob), size, depth)
+    def add(self, chunks: list[tuple[bytes, bytes, int, int]]) -> list[bytes]:
+        """Append sealed chunks (id, blob, plaintext size, depth); returns their index records.
+
+        One write per batch: each write releases the GIL and waits to get it
+        back from the busy workers, so 30 small writes cost 30 waits.
+        """
+        records = []
+        for chunk_id, blob, size, depth in chunks:
+            self.entries.append((chunk_id, self.size, len(blob), size))
+            records.append(_REC.pack(chunk_id, self.pack_id, self.size, len(blob), size, depth))
+            self.size += len(blob)
+        self.file.write(b"".join(blob for _cid, blob, _size, _depth in chunks))
+        return records
 
     def full(self) -> bool:
-        return len(self.buf) >= PACK_TARGET
+        return self.size >= PACK_TARGET
 
-    def flush(self) -> None:
-        """Write the pack, with a sealed trailer listing its chunks (to rebuild an index)."""
-        name = pack_name(self.pack_id)
+    def finish(self) -> None:
+        """Append the sealed trailer listing the pack's chunks (to rebuild an index) and close."""
         trailer = b"".join(_PREC.pack(*e) for e in self.entries)
         sealed = self.store.keys.seal(b"pack trailer " + self.pack_id, trailer)
-        self.buf += sealed + struct.pack(">I", len(sealed))
-        self.store.backend.put(name, self.buf)
+        self.file.write(sealed + struct.pack(">I", len(sealed)))
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 class SnapshotWriter:
     """Writes one snapshot's layers; `commit()` makes it durable and visible.
 
     Chunks already in the store (or written earlier by this writer) are
-    referenced, not stored again. New chunks are compressed and sealed by
-    WORKERS threads (zstd, AES-GCM and HMAC release the GIL) in batches, and
-    appended to packs in order by the calling thread. Not thread-safe itself.
+    referenced, not stored again. Batches of chunks go to WORKERS threads,
+    which compute their keyed ids, skip the ones the store has, and compress
+    (or delta-compress) and seal the rest (HMAC, zstd and AES-GCM release the
+    GIL); the calling thread appends the results to packs in order. Not
+    thread-safe itself. As a context manager, a failure drops the temp packs.
     """
 
     def __init__(self, store: Store):
@@ -441,29 +462,38 @@ class SnapshotWriter:
         from snapkit.store.memory import pin_mmap_threshold
 
         pin_mmap_threshold()
+        # The calling thread reads, chunks and writes packs, each step releasing the
+        # GIL and then waiting for a busy worker to yield it: at the default 5 ms
+        # switch interval that wait dominated (measured: 3.2 s -> 2.9 s for 1 GB).
+        sys.setswitchinterval(0.001)
         self.store = store
         self.index = store.index()
         # Chunks this writer added: not in the store's shared index until the
         # index object naming them is durable (commit), so a failed or abandoned
         # writer never leaves phantom chunks for the next one to "dedupe" against.
         self.written: dict[bytes, bytes] = {}
-        self.inflight: set[bytes] = set()
         self.records = bytearray()
-        self.pack = _PackWriter(store)
+        self.pack: _PackWriter | None = None
+        self.finished: list[tuple[Path, str]] = []  # packs written, not yet published
         self.layers: dict[str, LayerResult] = {}
         self.chunk_lists: dict[str, bytearray] = {}
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="snapkit-seal")
         self._futures: deque = deque()
-        self._batch: list = []
-        self._batch_bytes = 0
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def write_layer(self, name: str, strategy: str, source: Iterable[bytes],
                     base: Manifest | None = None) -> LayerResult:
         """Chunk, dedup, compress and seal everything `source` yields, in bounded memory.
 
         With `base` (the layer's previous snapshot, same strategy), a new chunk
-        replacing the one at the same position is stored as a delta against it
-        when that is clearly smaller.
+        that replaces one of the base's is stored as a delta against it when
+        that is clearly smaller (see LayerSink for how the base chunk is chosen).
         """
         sink = self.layer(name, strategy, base)
         for data in source:
@@ -488,75 +518,96 @@ class SnapshotWriter:
     def layer(self, name: str, strategy: str, base: Manifest | None = None) -> LayerSink:
         """A file-like sink for producers that push (a tar writer): write(), then close()."""
         base_ids = None
-        if base is not None and base.layers.get(name, {}).get("strategy") == strategy and strategy.startswith("fixed:"):
+        if base is not None and base.layers.get(name, {}).get("strategy") == strategy:
             base_ids = base.chunk_lists.get(name)
         return LayerSink(self, name, strategy, base_ids)
 
-    def _put(self, chunk: bytes, result: LayerResult, base_id: bytes | None) -> bytes:
-        chunk_id = self.store.keys.chunk_id(chunk)
-        result.chunks += 1
-        if chunk_id in self.index or chunk_id in self.written or chunk_id in self.inflight:
-            return chunk_id
-        self.inflight.add(chunk_id)
-        if base_id == chunk_id:
-            base_id = None
-        self._batch.append((chunk_id, chunk, base_id, result))
-        self._batch_bytes += len(chunk)
-        if self._batch_bytes >= BATCH_BYTES:
-            self._submit()
-        return chunk_id
+    def known(self, chunk_id: bytes) -> bool:
+        return chunk_id in self.index or chunk_id in self.written
 
-    def _submit(self) -> None:
-        if self._batch:
-            self._futures.append(self._pool.submit(self._encode, self._batch))
-            self._batch, self._batch_bytes = [], 0
+    def _submit(self, sink: LayerSink, batch: list) -> None:
+        self._futures.append((self._pool.submit(self._encode, batch, sink.level), sink))
         while len(self._futures) > WORKERS:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        for chunk_id, blob, size, depth, result in self._futures.popleft().result():
-            rec = self.pack.add(chunk_id, blob, size, depth)
-            self.records += rec
-            self.written[chunk_id] = rec[ID_BYTES:]
-            self.inflight.discard(chunk_id)
+        future, sink = self._futures.popleft()
+        result = sink.result
+        new = []
+        for item in future.result():
+            chunk_id, blob = item[0], item[1]
+            sink.ids += chunk_id
+            result.chunks += 1
+            if blob is None or chunk_id in self.written or chunk_id in self.index:
+                continue  # already stored (a batch in flight may have raced us to it)
+            self.written[chunk_id] = b""  # placeholder: a repeat later in this batch is a duplicate
+            new.append(item)
             result.new_chunks += 1
             result.stored_bytes += len(blob)
-            if self.pack.full():
-                self._flush_pack()
+        if not new:
+            return
+        if self.pack is None:
+            self.pack = _PackWriter(self.store)
+        for rec in self.pack.add(new):
+            self.records += rec
+            self.written[rec[:ID_BYTES]] = rec[ID_BYTES:]
+        if self.pack.full():
+            self._flush_pack()
 
     def _drain(self) -> None:
-        self._submit()
         while self._futures:
             self._drain_one()
 
-    def _encode(self, batch) -> list:
-        """Worker: compress (or delta-compress) and seal one batch of new chunks."""
+    def _encode(self, batch: list, level: int) -> list:
+        """Worker: id each chunk of a batch; compress (or delta-compress) and seal the new ones.
+
+        Batch items are (chunk, chunk id or None, base id or None).
+        """
         keys = self.store.keys
         out = []
-        for chunk_id, chunk, base_id, result in batch:
-            base = None
-            depth = 0
-            loc = self.store.lookup(base_id) if base_id is not None else None
-            if loc is not None and loc[4] < MAX_DELTA_DEPTH:
-                try:
-                    base = self.store.read_chunk(base_id, check_id=False)  # AEAD-authenticated
-                    depth = loc[4] + 1
-                except IntegrityError:
-                    base = None  # a damaged base only costs a full chunk
-            payload, is_delta = compress.pack_payload(chunk, base, base_id)
-            out.append((chunk_id, keys.seal(chunk_id, payload), len(chunk), depth if is_delta else 0, result))
+        seen: set[bytes] = set()
+        packs: dict = {}
+        try:
+            for chunk, chunk_id, base_id in batch:
+                if chunk_id is None:
+                    chunk_id = keys.chunk_id(chunk)
+                if chunk_id in seen or self.known(chunk_id):
+                    out.append((chunk_id, None, len(chunk), 0))
+                    continue
+                seen.add(chunk_id)
+                base, depth = None, 0
+                loc = self.store.lookup(base_id) if base_id is not None else None
+                if loc is not None and loc[4] < MAX_DELTA_DEPTH:
+                    try:
+                        base = self.store.read_chunk(base_id, packs, check_id=False)  # AEAD-authenticated
+                        depth = loc[4] + 1
+                    except IntegrityError:
+                        base = None  # a damaged base only costs a full chunk
+                payload, is_delta = compress.pack_payload(chunk, base, base_id, level)
+                out.append((chunk_id, keys.seal(chunk_id, payload), len(chunk), depth if is_delta else 0))
+        finally:
+            for f in packs.values():
+                f.close()
         return out
 
     def _flush_pack(self) -> None:
-        if self.pack.entries:
-            self.pack.flush()
-        self.pack = _PackWriter(self.store)
+        if self.pack is not None:
+            self.pack.finish()
+            self.finished.append((self.pack.tmp, self.pack.name))
+            self.pack = None
 
     def abort(self) -> None:
+        """Drop everything written so far (temp packs); the store is as before."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.pack is not None:
+            self.pack.discard()
+            self.pack = None
+        for tmp, _name in self.finished:
+            tmp.unlink(missing_ok=True)
+        self.finished = []
 
     def commit(self, make_id, meta: dict) -> str:
-        """Flush packs, write the index, then the manifest under a fresh id.
+        """Publish packs, write the index, then the manifest under a fresh id.
 
         `make_id(attempt)` proposes a snapshot id; the manifest is created with
         put_new, so two writers can never take the same id. Returns the id.
@@ -565,6 +616,8 @@ class SnapshotWriter:
         self._drain()
         self._pool.shutdown(wait=True)
         self._flush_pack()
+        self.store.backend.publish(self.finished)  # packs durable before the index names them
+        self.finished = []
         if self.records:
             name = f"index/{os.urandom(16).hex()}"
             data = self.store._seal_object(objects.INDEX, name, bytes(self.records))
@@ -591,7 +644,15 @@ class SnapshotWriter:
 
 
 class LayerSink:
-    """Receives one layer's bytes; `close()` records the layer in its writer."""
+    """Receives one layer's bytes; `close()` records the layer in its writer.
+
+    Choosing a delta base for a new chunk: in a `fixed:` layer, the base's
+    chunk at the same position (a changed block of a database file). In a
+    `cdc:` layer (a dump), chunk boundaries move with the data, so the sink ids
+    chunks itself and keeps a cursor in the base's chunk list: a chunk the
+    base also has moves the cursor past it, and a new chunk takes the base
+    chunk under the cursor (rows rewritten in place; pg_dump's moved rows).
+    """
 
     def __init__(self, writer: SnapshotWriter, name: str, strategy: str, base_ids: bytes | None):
         self.writer = writer
@@ -599,24 +660,59 @@ class LayerSink:
         self.ids = bytearray()
         self.digest = _BackgroundDigest()
         self.chunker = make_chunker(strategy)
+        self.fixed = strategy.startswith("fixed:")
+        # Fixed-size database blocks compress about as well at level 1 as at 3, 30% faster.
+        self.level = 1 if self.fixed else compress.LEVEL
         self.base_ids = base_ids
+        self.position = 0
+        self._batch: list = []
+        self._batch_bytes = 0
+        self._cursor = 0
+        self._base_pos: dict[bytes, int] | None = None
+        if base_ids is not None and not self.fixed:
+            self._base_pos = {bytes(base_ids[o : o + ID_BYTES]): o // ID_BYTES
+                              for o in range(0, len(base_ids), ID_BYTES)}
 
-    def _base(self, position: int) -> bytes | None:
+    def _base_at(self, position: int) -> bytes | None:
         if self.base_ids is None:
             return None
         base = self.base_ids[position * ID_BYTES : (position + 1) * ID_BYTES]
         return bytes(base) if len(base) == ID_BYTES else None
 
+    def _add(self, chunk: bytes | memoryview) -> None:
+        if self._base_pos is None:
+            item = (chunk, None, self._base_at(self.position))
+        else:
+            chunk_id = self.writer.store.keys.chunk_id(chunk)
+            at = self._base_pos.get(chunk_id)
+            if at is not None:
+                self._cursor = at + 1
+                item = (chunk, chunk_id, None)
+            else:
+                item = (chunk, chunk_id, self._base_at(self._cursor))
+                self._cursor += 1
+        self.position += 1
+        self._batch.append(item)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.writer._submit(self, self._batch)
+            self._batch, self._batch_bytes = [], 0
+
     def write(self, data: bytes | memoryview) -> int:
         self.digest.update(data)
         self.result.logical_bytes += len(data)
         for chunk in self.chunker.feed(data):
-            self.ids += self.writer._put(chunk, self.result, self._base(self.result.chunks))
+            self._add(chunk)
         return len(data)
 
     def close(self) -> LayerResult:
         for chunk in self.chunker.finish():
-            self.ids += self.writer._put(chunk, self.result, self._base(self.result.chunks))
+            self._add(chunk)
+        self._flush()
         self.writer._drain()
         self.result.sha256 = self.digest.hexdigest()  # waits for the hashing thread
         self.writer.layers[self.result.name] = self.result
