@@ -83,13 +83,28 @@ def markdown(r: dict) -> str:
               f"{'yes' if h['added_s_median'] <= 0.5 else '**no**'} |"]
     v = sorted(c["version_s"])[len(c["version_s"]) // 2]
     lines += [f"| `snapkit --version` ≤ 0.15 s | {v:.3f} s | {'yes' if v <= 0.15 else '**no**'} |"]
-    snap_rss = s["snapkit"]["peak_rss_mb"]["median"]
-    lines += [f"| peak RSS ≤ 120 MB | {snap_rss:.0f} MB | {'yes' if snap_rss <= 120 else '**no**'} |"]
+    mem = r.get("memory") or {}
+    if mem:
+        peak = max(max(m["create"]["rss_mb"], m["restore"]["rss_mb"]) for m in mem.values())
+        biggest = max(m["db_bytes"] for m in mem.values()) / 2**30
+        lines += [f"| peak RSS ≤ 120 MB at 4 GiB (largest here: {biggest:.1f} GiB) | {peak:.0f} MB | "
+                  f"{'yes' if peak <= 120 else '**no**'} |"]
+    else:
+        snap_rss = s["snapkit"]["peak_rss_mb"]["median"]
+        lines += [f"| peak RSS ≤ 120 MB | {snap_rss:.0f} MB | {'yes' if snap_rss <= 120 else '**no**'} |"]
+    pg = (r.get("postgres") or {}).get("summary")
+    if pg:
+        lines += [f"| PostgreSQL snapshot ≤ 1.15× `pg_dump -Fc -Z0` | first {pg['first_over_pg_dump_z0']:.2f}×, "
+                  f"after a change {pg['change_over_pg_dump_z0'] or 0:.2f}× | "
+                  f"{'yes' if max(pg['first_over_pg_dump_z0'], pg['change_over_pg_dump_z0'] or 0) <= 1.15 else '**no**'} |"]
+        if pg.get("history_over_dumps") is not None:
+            lines += [f"| PostgreSQL: {pg['changes']}-change history ≤ 0.1× {pg['changes']} `pg_dump -Fc` files | "
+                      f"{pg['history_over_dumps']:.3f}× | {'yes' if pg['history_over_dumps'] <= 0.1 else '**no**'} |"]
     w = sorted(c["list_warm_s"])[len(c["list_warm_s"]) // 2]
     lines += ["", f"`snapkit list` with {c['snapshots']} snapshots: {c['list_cold']['wall_s']:.2f} s cold "
               f"(builds the catalog cache), {w:.2f} s warm.", ""]
-    if Path(ROOT / "docs" / "benchmarks.png").exists() or True:
-        lines += ["![benchmark chart](benchmarks.png)", ""]
+    lines += ["![benchmark chart](benchmarks.png)", ""]
+    lines += _postgres_section(r.get("postgres")) + _memory_section(mem)
     lines += ["## What each peer does", "",
               "- **restic** (`restic backup app.db`, default settings): content-defined chunks of ~1 MiB, "
               "compressed and encrypted; it reads the live file (not a consistent copy).",
@@ -104,6 +119,55 @@ def markdown(r: dict) -> str:
     if notes.exists():
         lines += [notes.read_text()]
     return "\n".join(lines)
+
+
+def _postgres_section(pg: dict | None) -> list[str]:
+    if not pg:
+        return []
+    s = pg["summary"]
+
+    def med(runs):
+        return _fmt({"median": sorted(x["wall_s"] for x in runs)[len(runs) // 2],
+                     "min": min(x["wall_s"] for x in runs), "max": max(x["wall_s"] for x in runs)}) if runs else "–"
+
+    lines = ["## PostgreSQL", "",
+             f"The same tables in a throwaway PostgreSQL cluster ({pg['db_bytes'] / MB:.0f} MB, "
+             f"`pg_database_size`; its uncompressed custom-format dump is {pg['dump_bytes'] / MB:.0f} MB), "
+             f"the same 1% change, {s['changes']} times (`benchmarks/postgres.py`). "
+             "`pg_dump -Fc -Z0 > /dev/null` is the floor: dumping alone.", "",
+             "| | time | |", "|---|---|---|",
+             f"| `pg_dump -Fc -Z0` to /dev/null | {med(pg['pg_dump_z0'])} | |",
+             f"| snapkit create, first | {med(pg['snapkit_first'])} | {s['first_over_pg_dump_z0']:.2f}× pg_dump |",
+             f"| snapkit create, after a change | {med(pg['snapkit_change'])} | "
+             f"{(s['change_over_pg_dump_z0'] or 0):.2f}× pg_dump |",
+             f"| `pg_dump -Fc` (gzip) to a file | {med(pg['pg_dump_fc_s'])} | |", "",
+             "| bytes | snapkit store | `pg_dump -Fc` files |", "|---|---|---|",
+             f"| first snapshot / first dump | {s['first_store_bytes'] / MB:.1f} MB | "
+             f"{s['first_dump_fc_bytes'] / MB:.1f} MB |"]
+    if s.get("history_bytes") is not None:
+        lines += [f"| first change | +{s['growth_first_change'] / MB:.2f} MB "
+                  f"({100 * s['growth_first_change_over_first']:.1f}% of the first) | "
+                  f"+{pg['pg_dump_fc_sizes'][1] / MB:.1f} MB |",
+                  f"| {s['changes']} changes after the first | +{s['history_bytes'] / MB:.1f} MB | "
+                  f"+{s['dumps_fc_bytes'] / MB:.1f} MB ({s['history_over_dumps']:.3f}×) |",
+                  f"| everything | {pg['store_sizes'][-1] / MB:.1f} MB | {sum(pg['pg_dump_fc_sizes']) / MB:.1f} MB "
+                  f"({s['store_over_all_dumps']:.3f}×) |"]
+    lines += [f"", f"Peak RSS of snapkit create: {s['peak_rss_mb']:.0f} MB.", ""]
+    return lines
+
+
+def _memory_section(mem: dict) -> list[str]:
+    if not mem:
+        return []
+    lines = ["## Memory as the database grows", "",
+             "Peak RSS of the whole process (`os.wait4`) for a first snapshot and a full restore "
+             "(`benchmarks/run.py`, `memory_scaling`).", "",
+             "| database | create | restore | restore exact |", "|---|---|---|---|"]
+    for m in sorted(mem.values(), key=lambda m: m["db_bytes"]):
+        lines.append(f"| {m['db_bytes'] / 2**30:.2f} GiB | {m['create']['rss_mb']:.0f} MB, "
+                     f"{m['create']['wall_s']:.1f} s | {m['restore']['rss_mb']:.0f} MB, "
+                     f"{m['restore']['wall_s']:.1f} s | {'yes' if m['exact'] else '**NO**'} |")
+    return lines + [""]
 
 
 def chart(r: dict, path: Path) -> bool:

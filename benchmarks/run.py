@@ -3,6 +3,7 @@
     python -m benchmarks.run                 # full run: ~1 GiB SQLite, 3 repetitions, all peers
     python -m benchmarks.run --smoke         # tiny sizes, what CI runs so the harness cannot rot
     python -m benchmarks.run --size-mb 200 --reps 2 --changes 3
+    python -m benchmarks.run --pg-size-mb 0     # without the PostgreSQL workload
 
 Every measurement is a whole process: wall time and peak RSS from the OS
 (os.wait4's rusage). Tools run interleaved (A B C D, A B C D, …) on one
@@ -190,6 +191,49 @@ def scenario_history(peers: list[str], size_mb: float, changes: int, rep: int, w
     return out
 
 
+def grow(db: Path, size_mb: float) -> None:
+    """Make the workload database reach size_mb quickly: copy events rows in SQL until it does."""
+    import sqlite3
+
+    workload.create(db, min(size_mb, 256))
+    con = sqlite3.connect(db)
+    while db.stat().st_size < size_mb * 1024 * 1024:
+        missing = size_mb * 1024 * 1024 - db.stat().st_size
+        (rows, pages) = con.execute("SELECT count(*), (SELECT page_count FROM pragma_page_count) FROM events").fetchone()
+        per_row = pages * 4096 / max(1, rows) * 0.7
+        con.execute("INSERT INTO events(user_id, kind, payload, at) SELECT user_id, kind, payload, at FROM events "
+                    "LIMIT ?", (max(1000, int(missing / per_row)),))
+        con.commit()
+    con.close()
+
+
+def memory_scaling(work: Path, env: dict, sizes_mb: list[float]) -> dict:
+    """Peak RSS of snapkit create and restore as the database grows (flat is the goal)."""
+    out = {}
+    for size in sizes_mb:
+        d = work / f"mem-{int(size)}"
+        app = d / "app"
+        app.mkdir(parents=True)
+        subprocess.run(["git", "init", "-q"], cwd=app, check=True)
+        (app / ".gitignore").write_text("app.db\n")
+        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "--allow-empty", "-m",
+                        "bench"], cwd=app, check=True)
+        db = app / "app.db"
+        grow(db, size)
+        subprocess.run([sys.executable, "-m", "snapkit", "init", "--db", f"sqlite:///{db}", "--store",
+                        str(d / "store")], cwd=app, env=env, check=True, capture_output=True)
+        create = measure([sys.executable, "-m", "snapkit", "create", "--no-commit", "--quiet"], app, env)
+        target = d / "restored.db"
+        restore = measure([sys.executable, "-m", "snapkit", "restore", "@0", "--to-url", f"sqlite:///{target}",
+                           "--yes"], app, env)
+        exact = sha3(target) == sha3(db)
+        out[str(int(size))] = {"db_bytes": db.stat().st_size, "create": create, "restore": restore, "exact": exact}
+        print(f"[bench] memory at {db.stat().st_size / 2**30:.2f} GiB: create {create}, restore {restore}",
+              file=sys.stderr)
+        shutil.rmtree(d)
+    return out
+
+
 def hook_overhead(work: Path, env: dict, size_mb: float, reps: int) -> dict:
     """Added wall time of `git commit` with the post-commit hook, on a small database."""
     app = work / "hook"
@@ -305,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--changes", type=int, default=None)
     ap.add_argument("--catalog", type=int, default=None, help="snapshots for the list benchmark")
+    ap.add_argument("--memory-gib", default="1,4", help="database sizes for the peak-RSS scenario ('' skips it)")
+    ap.add_argument("--pg-size-mb", type=float, default=None,
+                    help="SQLite-equivalent size of the PostgreSQL workload (0 skips it)")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--no-report", action="store_true")
@@ -328,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] repetition {rep + 1}/{reps}: {size} MB, {changes} changes, {', '.join(peers)}",
                   file=sys.stderr)
             runs.append(scenario_history(peers, size, changes if rep == 0 else min(changes, 1), rep, work, env))
+        pg_size = a.pg_size_mb if a.pg_size_mb is not None else (4 if a.smoke else size * 0.75)
+        pg = None
+        if pg_size:
+            from benchmarks.postgres import scenario_postgres
+
+            print(f"[bench] PostgreSQL: {pg_size} MB of rows, {changes} changes", file=sys.stderr)
+            pg = scenario_postgres(pg_size, changes, reps, work, env, measure)
+        mem_sizes = [8, 32] if a.smoke else [float(x) * 1024 for x in a.memory_gib.split(",") if x]
+        memory = memory_scaling(work, env, mem_sizes) if mem_sizes else None
         print("[bench] hook and catalog", file=sys.stderr)
         hook = hook_overhead(work, env, 2 if a.smoke else 20, 3 if a.smoke else 5)
         catalog = catalog_speed(work, env, catalog_n)
@@ -335,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "smoke": a.smoke, "size_mb": size,
               "reps": reps, "changes": changes, "peers": peers, "machine": _machine(), "runs": runs,
-              "summary": summarize(runs, peers), "hook": hook, "catalog": catalog}
+              "summary": summarize(runs, peers), "hook": hook, "catalog": catalog, "postgres": pg,
+              "memory": memory}
     out = a.out or ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}{'-smoke' if a.smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -59,21 +59,29 @@ def create(path: Path, size_mb: float, seed: int = 1) -> None:
 
 
 def change(path: Path, percent: float = 1.0, seed: int = 2) -> None:
-    rng = random.Random(seed)
     con = sqlite3.connect(path)
+    apply_change(con, "?", percent, seed)
+    con.close()
+
+
+def apply_change(con, mark: str, percent: float = 1.0, seed: int = 2) -> None:
+    """The day's change on any DB-API connection (`mark`: its placeholder, "?" or "%s")."""
+    rng = random.Random(seed)
+    cur = con.cursor()
     for table, col, value in (("orders", "status", "'refunded'"), ("events", "kind", "'edited'"),
                               ("users", "plan", "'team'")):
-        (n,) = con.execute(f"SELECT max(id) FROM {table}").fetchone()
+        cur.execute(f"SELECT max(id) FROM {table}")
+        (n,) = cur.fetchone()
         k = max(1, int(n * percent / 100))
         # skewed to recent rows: 80% from the newest 10%
         ids = [n - int(rng.random() * n * 0.1) if rng.random() < 0.8 else rng.randrange(1, n + 1) for _ in range(k)]
-        con.executemany(f"UPDATE {table} SET {col} = {value} WHERE id = ?", ((i,) for i in ids))
-    (n,) = con.execute("SELECT max(id) FROM events").fetchone()
-    con.executemany("INSERT INTO events(user_id, kind, payload, at) VALUES (?,?,?,?)",
-                    (_event(rng, rng.randrange(1, 100), i) for i in range(max(1, n // 1000))))
-    con.executemany("DELETE FROM events WHERE id = ?", ((rng.randrange(1, n),) for _ in range(20)))
+        cur.executemany(f"UPDATE {table} SET {col} = {value} WHERE id = {mark}", [(i,) for i in ids])
+    cur.execute("SELECT max(id) FROM events")
+    (n,) = cur.fetchone()
+    cur.executemany(f"INSERT INTO events(user_id, kind, payload, at) VALUES ({mark},{mark},{mark},{mark})",
+                    [_event(rng, rng.randrange(1, 100), i) for i in range(max(1, n // 1000))])
+    cur.executemany(f"DELETE FROM events WHERE id = {mark}", [(rng.randrange(1, n),) for _ in range(20)])
     con.commit()
-    con.close()
 
 
 def main() -> None:

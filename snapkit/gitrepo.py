@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,22 @@ HEADS_PREFIX = "refs/heads/"
 _MODE_TREE = 0o040000
 _MODE_LINK = 0o120000
 _MODE_SUBMODULE = 0o160000
+
+# Blobs larger than this are streamed out of `git cat-file --batch` instead of
+# read whole: libgit2 reads an object whole (a loose one twice, compressed and
+# inflated), so a committed 300 MB file cost ~950 MB of memory (docs/decisions.md).
+STREAM_BLOB_BYTES = 4 * 1024 * 1024
+# tarfile's copy size, and the blocks the tar stream is handed on in.
+_TAR_BLOCK = 1024 * 1024
+# Part of `tree_tar_key`: bump it whenever write_tree_tar writes different bytes
+# for the same tree and commit time, so create never reuses a layer in the old form.
+TREE_TAR_FORMAT = 1
+# Variables that would point a git subprocess at another repository or index; git
+# exports some of them into hooks (see the module docstring).
+_GIT_LOCATION_VARS = (
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+)
 
 _NO_USER_HINT = 'git config user.name "Your Name" / git config user.email you@example.com'
 _LISTED_NAMES = 10
@@ -273,23 +290,41 @@ class GitRepo:
     def write_tree_tar(self, commit_id: str, out: BinaryIO) -> None:
         """Write the tree of `commit_id` to `out` as an uncompressed PAX tar stream.
 
-        Deterministic (same commit, same bytes): paths in git (byte) order with
-        each directory before its contents, mtime = commit time, uid/gid 0, empty
-        uname/gname; files 0o644 or 0o755 from the git mode, directories 0o755,
-        symlinks as symlink entries (0o777), submodules skipped. Blobs are read
-        one at a time; `out` needs only `.write`. Raises GitError for an unknown
-        commit or a missing object.
+        Deterministic: the bytes depend only on `tree_tar_key(commit_id)`. Paths
+        in git (byte) order with each directory before its contents, mtime =
+        commit time, uid/gid 0, empty uname/gname; files 0o644 or 0o755 from the
+        git mode, directories 0o755, symlinks as symlink entries (0o777),
+        submodules skipped. Memory stays bounded whatever the file sizes: blobs
+        over STREAM_BLOB_BYTES are streamed from `git cat-file --batch` (read
+        whole only when no git executable can be run), and `out` receives
+        blocks of about 1 MiB through `.write` (it needs nothing else).
+        Raises GitError for an unknown commit or a missing object.
         """
         commit = self._commit(commit_id)
         mtime = int(commit.commit_time)
-        with (
-            _git_errors(f"cannot archive {commit_id}"),
-            tarfile.open(
-                fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
-            ) as tar,
-        ):
-            for path, entry in self._walk(commit.tree, ""):
-                self._add_entry(tar, path, entry, mtime)
+        stream = _TarOutput(out)
+        blobs = _CatFile(self.git_dir)
+        try:
+            # Mode "w" (not the stream mode "w|"): tarfile's stream buffer re-slices
+            # itself on every write, and the bytes written are the same.
+            with (
+                _git_errors(f"cannot archive {commit_id}"),
+                tarfile.TarFile(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT,
+                                encoding="utf-8", copybufsize=_TAR_BLOCK) as tar,
+            ):
+                for path, entry in self._walk(commit.tree, ""):
+                    self._add_entry(tar, path, entry, mtime, blobs)
+        finally:
+            blobs.close()
+        stream.flush()
+
+    def tree_tar_key(self, commit_id: str) -> dict:
+        """What `write_tree_tar(commit_id)`'s bytes depend on, and nothing else:
+        the tree id, the commit time (every entry's mtime) and TREE_TAR_FORMAT.
+        Equal keys mean equal tars. Raises GitError for an unknown commit."""
+        commit = self._commit(commit_id)
+        return {"tree": str(commit.tree_id), "mtime": int(commit.commit_time),
+                "format": TREE_TAR_FORMAT}
 
     def _walk(self, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Object]]:
         """(path, entry) for every entry under `tree`, depth first, in git order."""
@@ -306,7 +341,8 @@ class GitRepo:
             if entry.filemode == _MODE_TREE:
                 yield from self._walk(self._repo.get(entry.id), path + "/")
 
-    def _add_entry(self, tar: tarfile.TarFile, path: str, entry: pygit2.Object, mtime: int):
+    def _add_entry(self, tar: tarfile.TarFile, path: str, entry: pygit2.Object, mtime: int,
+                   blobs: _CatFile) -> None:
         info = tarfile.TarInfo(path)
         info.mtime = mtime
         info.uid = info.gid = 0
@@ -315,15 +351,29 @@ class GitRepo:
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
             return
-        data = self._repo.get(entry.id).data  # one blob in memory at a time
         if entry.filemode == _MODE_LINK:
             info.type, info.mode = tarfile.SYMTYPE, 0o777
-            info.linkname = _decode_name(data)
+            info.linkname = _decode_name(self._blob_data(entry.id))
             tar.addfile(info)
             return
         info.mode = 0o755 if entry.filemode & 0o111 else 0o644
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        try:
+            # The header only: tree entries' `.size` would load the whole blob.
+            _kind, info.size = self._repo.odb.read_header(entry.id)
+        except KeyError:
+            raise GitError(f"object {entry.id} ({path}) is missing") from None
+        reader = blobs.open(str(entry.id), info.size) if info.size > STREAM_BLOB_BYTES else None
+        if reader is None:
+            tar.addfile(info, io.BytesIO(self._blob_data(entry.id)))  # small: whole is fine
+            return
+        tar.addfile(info, reader)
+        reader.finish()
+
+    def _blob_data(self, oid: pygit2.Oid) -> bytes:
+        blob = self._repo.get(oid)
+        if blob is None:
+            raise GitError(f"object {oid} is missing")
+        return blob.data
 
     # ------------------------------------------------------------------ refs
 
@@ -455,3 +505,114 @@ class GitRepo:
         if not pointer.is_file():
             return self.git_dir
         return (self.git_dir / pointer.read_text(encoding="utf-8").strip()).resolve()
+
+
+class _TarOutput:
+    """What tarfile writes to: counts bytes (`tell`, which mode "w" needs) and
+    hands `out` blocks of at least _TAR_BLOCK bytes, then the rest at `flush`."""
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self._buf = bytearray()
+        self._pos = 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        self._pos += len(data)
+        if len(self._buf) >= _TAR_BLOCK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._out.write(bytes(self._buf))
+            self._buf.clear()
+
+
+class _CatFile:
+    """Streams blobs out of one `git cat-file --batch` process, started on first use.
+
+    libgit2 (hence pygit2, BlobIO included) reads an object whole; git streams
+    a loose or an undeltified packed blob to the pipe in small pieces, so
+    neither process holds a big file whole (git stores blobs over
+    core.bigFileThreshold, 512 MiB, undeltified). No shell; the repository is
+    named by --git-dir and the hook's GIT_* location variables are dropped.
+    """
+
+    def __init__(self, git_dir: Path):
+        self._git_dir = git_dir
+        self._proc: subprocess.Popen | None = None
+        self._unavailable = False
+
+    def open(self, oid: str, size: int) -> _BlobReader | None:
+        """A reader of blob `oid`'s `size` bytes; None when git cannot be run.
+        Raises GitError if git does not have the blob. Read it to the end and
+        call `finish()` before opening the next one."""
+        proc = self._start()
+        if proc is None:
+            return None
+        try:
+            proc.stdin.write(f"{oid}\n".encode())
+            proc.stdin.flush()
+        except OSError as exc:
+            raise GitError(f"git cat-file stopped before reading {oid}: {exc}") from None
+        header = proc.stdout.readline()
+        fields = header.split()
+        if len(fields) != 3 or fields[1] != b"blob" or fields[2] != str(size).encode():
+            said = header.decode("utf-8", "replace").strip() or "no output"
+            raise GitError(f"git cat-file could not read blob {oid}: {said}")
+        return _BlobReader(proc.stdout, oid, size)
+
+    def _start(self) -> subprocess.Popen | None:
+        if self._proc is None and not self._unavailable:
+            env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
+            try:
+                self._proc = subprocess.Popen(
+                    ["git", f"--git-dir={self._git_dir}", "cat-file", "--batch"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            except OSError:
+                self._unavailable = True  # no git executable: blobs are read whole
+        return self._proc
+
+    def close(self) -> None:
+        """End the git process (closing its pipes stops it even mid-blob)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class _BlobReader:
+    """Exactly `size` bytes of one blob from `git cat-file --batch`'s output."""
+
+    def __init__(self, pipe: BinaryIO, oid: str, size: int):
+        self._pipe = pipe
+        self._oid = oid
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._pipe.read(n)
+        if len(data) < n:
+            raise GitError(f"git cat-file stopped in the middle of blob {self._oid}")
+        self._left -= n
+        return data
+
+    def finish(self) -> None:
+        """Check the blob was read whole and consume git's newline after it."""
+        if self._left or self._pipe.read(1) != b"\n":
+            raise GitError(f"git cat-file output out of step after blob {self._oid}")

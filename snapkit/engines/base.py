@@ -61,3 +61,29 @@ class Engine(Protocol):
 
     def restore_test(self, source: Iterable[bytes], tmp_dir: Path) -> DatabaseInfo:
         """Restore into a scratch database, inspect it, drop it; returns what was found."""
+
+
+class Background:
+    """Run `fn` in a thread now; `result()` waits and returns its value or raises its error."""
+
+    def __init__(self, fn):
+        import threading
+
+        self._out: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="snapkit-inspect", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._out["value"] = fn()
+        except BaseException as exc:  # handed to the caller in result()
+            self._out["error"] = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]

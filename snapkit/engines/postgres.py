@@ -67,7 +67,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from snapkit.engines.base import DatabaseInfo, Dump
+from snapkit.engines.base import Background, DatabaseInfo, Dump
 from snapkit.errors import DatabaseError
 
 READ_BLOCK = 1024 * 1024
@@ -410,6 +410,7 @@ class PostgresEngine:
         pg_dump = self.tool("pg_dump")
         exporter = self._connect()
         proc = None
+        inspect = None
         try:
             snapshot = None
             try:
@@ -418,7 +419,14 @@ class PostgresEngine:
                 snapshot = exporter.execute("SELECT pg_export_snapshot()").fetchone()[0]
             except psycopg.Error:
                 exporter.rollback()  # e.g. a pooler or a server that cannot export: pg_dump's own snapshot
-            info = self._inspect(snapshot=snapshot)
+            info, info_fn = None, None
+            if snapshot:
+                # Counting rows is a scan of every table: do it on its own connection, in
+                # the same snapshot, while pg_dump runs (the exporter keeps it valid).
+                inspect = Background(lambda: self._inspect(snapshot=snapshot))
+                info_fn = inspect.result
+            else:
+                info = self._inspect()
             argv = [pg_dump, "--format=custom", "--compress=0", "--no-password",
                     f"--lock-wait-timeout={max(1, int(self.timeout * 1000))}"]
             if snapshot:
@@ -430,13 +438,15 @@ class PostgresEngine:
                                             env=env)
                 except OSError as exc:
                     raise DatabaseError(f"cannot run {pg_dump}: {exc.strerror}") from None
-                yield Dump(STRATEGY, info, self._stream(proc, errors, "pg_dump"), None)
+                yield Dump(STRATEGY, info, self._stream(proc, errors, "pg_dump"), None, info_fn=info_fn)
         finally:
             if proc is not None and proc.poll() is None:
                 proc.kill()
             if proc is not None:
                 proc.wait()
                 proc.stdout.close()
+            if inspect is not None:
+                inspect.join()  # it may still need the exported snapshot
             exporter.close()
 
     def _stream(self, proc, errors, tool: str) -> Iterator[bytes]:
@@ -720,3 +730,4 @@ def _restore_hint(errors) -> str | None:
     if "unsupported version" in text:
         return "this pg_restore is older than the pg_dump that wrote the snapshot: install a newer client"
     return None
+

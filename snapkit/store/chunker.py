@@ -14,6 +14,7 @@ through in bounded memory.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 # FastCDC's cut point depends only on bytes from the chunk start, so cutting a
@@ -82,6 +83,34 @@ class CdcChunker:
         for c in chunks:
             yield buf[c.offset : c.offset + c.length]
         self._buf = bytearray(buf[keep_from:])
+
+
+FEATURE_BYTES = 8
+_local = threading.local()  # a FastCDC object per thread: workers sketch concurrently
+
+
+def features(chunk: bytes | memoryview) -> bytes:
+    """A similarity sketch of a chunk: two 32-bit features, 8 bytes.
+
+    The chunk is cut again into ~1 KiB content-defined pieces; the features
+    are the two smallest gear hashes at those cuts (the forced cut at the end
+    is left out). Two chunks that share most of their content share a feature
+    with high probability, wherever their boundaries fell — which is how a
+    dump chunk finds its delta base after rows moved (docs/format.md).
+    """
+    sketcher = getattr(_local, "sketcher", None)
+    if sketcher is None:
+        from pyfastcdc import FastCDC
+
+        sketcher = _local.sketcher = FastCDC(avg_size=1024, min_size=256, max_size=4096)
+    hashes = sorted(c.gear_hash for c in list(sketcher.cut_buf(chunk))[:-1])
+    if not hashes:
+        return bytes(FEATURE_BYTES)
+    second = hashes[1] if len(hashes) > 1 else hashes[0]
+    # A cut point's hash has the cut mask's bits at zero and the smallest ones have
+    # leading zeros: mix before keeping 32 bits, or unrelated chunks share features.
+    return b"".join(((h * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) >> 32).to_bytes(4, "big")
+                    for h in (hashes[0], second))
 
 
 def make_chunker(strategy: str) -> FixedChunker | CdcChunker:

@@ -23,7 +23,7 @@ from pathlib import Path
 from snapkit.errors import IntegrityError, StoreFormatError, StoreMissing
 from snapkit.store import compress, crypto, keys, objects
 from snapkit.store.backend import LocalBackend
-from snapkit.store.chunker import make_chunker
+from snapkit.store.chunker import FEATURE_BYTES, features, make_chunker
 from snapkit.store.lock import StoreLock
 
 CONFIG = "config"
@@ -94,11 +94,14 @@ class LayerResult:
     sha256: str = ""
 
     source_state: dict | None = None
+    features: bool = False
 
     def as_meta(self) -> dict:
         meta = {"strategy": self.strategy, "logical_bytes": self.logical_bytes,
                 "stored_bytes": self.stored_bytes, "chunks": self.chunks,
                 "new_chunks": self.new_chunks, "sha256": self.sha256}
+        if self.features:
+            meta["features"] = FEATURE_BYTES
         if self.source_state:
             meta["source_state"] = self.source_state
         return meta
@@ -110,6 +113,8 @@ class Manifest:
     meta: dict
     layers: dict[str, dict]
     chunk_lists: dict[str, bytes] = field(repr=False, default_factory=dict)
+    # cdc layers: FEATURE_BYTES per chunk, in chunk order (similarity sketches for delta bases)
+    features: dict[str, bytes] = field(repr=False, default_factory=dict)
 
     def chunk_ids(self, layer: str) -> Iterator[bytes]:
         data = self.chunk_lists[layer]
@@ -382,12 +387,17 @@ class Store:
         doc = json.loads(payload[4 : 4 + n])
         if doc.get("id") != snapshot_id:
             raise IntegrityError(f"snapshot {snapshot_id}: manifest belongs to {doc.get('id')}")
-        lists, pos = {}, 4 + n
+        lists, feats, pos = {}, {}, 4 + n
         for layer_name, layer in sorted(doc["layers"].items()):
             size = layer["chunks"] * ID_BYTES
             lists[layer_name] = payload[pos : pos + size]
             pos += size
-        return Manifest(doc["id"], doc["meta"], doc["layers"], lists)
+        for layer_name, layer in sorted(doc["layers"].items()):
+            if layer.get("features"):
+                size = layer["chunks"] * FEATURE_BYTES
+                feats[layer_name] = payload[pos : pos + size]
+                pos += size
+        return Manifest(doc["id"], doc["meta"], doc["layers"], lists, feats)
 
     def manifest_ids(self) -> list[str]:
         return [n.split("/", 1)[1] for n in self.backend.list("manifests")]
@@ -477,6 +487,7 @@ class SnapshotWriter:
         self.finished: list[tuple[Path, str]] = []  # packs written, not yet published
         self.layers: dict[str, LayerResult] = {}
         self.chunk_lists: dict[str, bytearray] = {}
+        self.features: dict[str, bytearray] = {}
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="snapkit-seal")
         self._futures: deque = deque()
 
@@ -513,14 +524,18 @@ class SnapshotWriter:
                              layer["sha256"])
         self.layers[name] = result
         self.chunk_lists[name] = bytearray(ids)
+        if name in base.features:
+            result.features = True
+            self.features[name] = bytearray(base.features[name])
         return result
 
     def layer(self, name: str, strategy: str, base: Manifest | None = None) -> LayerSink:
         """A file-like sink for producers that push (a tar writer): write(), then close()."""
-        base_ids = None
+        base_ids = base_features = None
         if base is not None and base.layers.get(name, {}).get("strategy") == strategy:
             base_ids = base.chunk_lists.get(name)
-        return LayerSink(self, name, strategy, base_ids)
+            base_features = base.features.get(name)
+        return LayerSink(self, name, strategy, base_ids, base_features)
 
     def known(self, chunk_id: bytes) -> bool:
         return chunk_id in self.index or chunk_id in self.written
@@ -534,9 +549,11 @@ class SnapshotWriter:
         future, sink = self._futures.popleft()
         result = sink.result
         new = []
-        for item in future.result():
+        for item, feature in future.result():
             chunk_id, blob = item[0], item[1]
             sink.ids += chunk_id
+            if sink.features is not None:
+                sink.features += feature
             result.chunks += 1
             if blob is None or chunk_id in self.written or chunk_id in self.index:
                 continue  # already stored (a batch in flight may have raced us to it)
@@ -561,18 +578,22 @@ class SnapshotWriter:
     def _encode(self, batch: list, level: int) -> list:
         """Worker: id each chunk of a batch; compress (or delta-compress) and seal the new ones.
 
-        Batch items are (chunk, chunk id or None, base id or None).
+        Batch items are (chunk, chunk id or None, base id or None, features or
+        None or False); features are computed here when None (False: not kept).
+        Returns ((chunk id, sealed blob or None when known, size, depth), features).
         """
         keys = self.store.keys
         out = []
         seen: set[bytes] = set()
         packs: dict = {}
         try:
-            for chunk, chunk_id, base_id in batch:
+            for chunk, chunk_id, base_id, feature in batch:
                 if chunk_id is None:
                     chunk_id = keys.chunk_id(chunk)
+                if feature is None:
+                    feature = features(chunk)
                 if chunk_id in seen or self.known(chunk_id):
-                    out.append((chunk_id, None, len(chunk), 0))
+                    out.append(((chunk_id, None, len(chunk), 0), feature))
                     continue
                 seen.add(chunk_id)
                 base, depth = None, 0
@@ -584,7 +605,8 @@ class SnapshotWriter:
                     except IntegrityError:
                         base = None  # a damaged base only costs a full chunk
                 payload, is_delta = compress.pack_payload(chunk, base, base_id, level)
-                out.append((chunk_id, keys.seal(chunk_id, payload), len(chunk), depth if is_delta else 0))
+                out.append(((chunk_id, keys.seal(chunk_id, payload), len(chunk), depth if is_delta else 0),
+                            feature))
         finally:
             for f in packs.values():
                 f.close()
@@ -626,8 +648,10 @@ class SnapshotWriter:
             self.index.update(self.written)
             self.written = {}
         layers = {n: r.as_meta() for n, r in self.layers.items()}
-        # Chunk lists follow the layers in sorted name order, as load_manifest reads them.
+        # Chunk lists follow the layers in sorted name order, then the feature lists of
+        # the layers that have them, as load_manifest reads them.
         lists = b"".join(bytes(self.chunk_lists[n]) for n in sorted(layers))
+        lists += b"".join(bytes(self.features[n]) for n in sorted(layers) if n in self.features)
         for attempt in range(1000):
             snapshot_id = make_id(attempt)
             doc = json.dumps({"id": snapshot_id, "format": objects.FORMAT_VERSION,
@@ -649,12 +673,14 @@ class LayerSink:
     Choosing a delta base for a new chunk: in a `fixed:` layer, the base's
     chunk at the same position (a changed block of a database file). In a
     `cdc:` layer (a dump), chunk boundaries move with the data, so the sink ids
-    chunks itself and keeps a cursor in the base's chunk list: a chunk the
-    base also has moves the cursor past it, and a new chunk takes the base
-    chunk under the cursor (rows rewritten in place; pg_dump's moved rows).
+    chunks itself, and a new chunk takes the base chunk that shares one of its
+    similarity features (chunker.features; kept per chunk in the manifest), or
+    else the base chunk under a cursor that every chunk the base also holds
+    moves past it (rows rewritten in place).
     """
 
-    def __init__(self, writer: SnapshotWriter, name: str, strategy: str, base_ids: bytes | None):
+    def __init__(self, writer: SnapshotWriter, name: str, strategy: str, base_ids: bytes | None,
+                 base_features: bytes | None = None):
         self.writer = writer
         self.result = LayerResult(name, strategy)
         self.ids = bytearray()
@@ -669,9 +695,18 @@ class LayerSink:
         self._batch_bytes = 0
         self._cursor = 0
         self._base_pos: dict[bytes, int] | None = None
+        self._by_feature: tuple[dict[bytes, int], dict[bytes, int]] = ({}, {})
+        self.features: bytearray | None = None if self.fixed else bytearray()
+        self.result.features = not self.fixed
+        self.base_features = base_features
         if base_ids is not None and not self.fixed:
             self._base_pos = {bytes(base_ids[o : o + ID_BYTES]): o // ID_BYTES
                               for o in range(0, len(base_ids), ID_BYTES)}
+            if base_features is not None:
+                first, second = self._by_feature
+                for o in range(len(base_features) - FEATURE_BYTES, -1, -FEATURE_BYTES):  # first wins
+                    first[bytes(base_features[o : o + 4])] = o // FEATURE_BYTES
+                    second[bytes(base_features[o + 4 : o + 8])] = o // FEATURE_BYTES
 
     def _base_at(self, position: int) -> bytes | None:
         if self.base_ids is None:
@@ -679,18 +714,33 @@ class LayerSink:
         base = self.base_ids[position * ID_BYTES : (position + 1) * ID_BYTES]
         return bytes(base) if len(base) == ID_BYTES else None
 
+    def _base_feature(self, position: int) -> bytes | None:
+        if self.base_features is None:
+            return None
+        f = self.base_features[position * FEATURE_BYTES : (position + 1) * FEATURE_BYTES]
+        return bytes(f) if len(f) == FEATURE_BYTES else None
+
     def _add(self, chunk: bytes | memoryview) -> None:
-        if self._base_pos is None:
-            item = (chunk, None, self._base_at(self.position))
+        if self.fixed:
+            item = (chunk, None, self._base_at(self.position), False)
+        elif self._base_pos is None:
+            item = (chunk, None, None, None)  # the workers compute id and features
         else:
             chunk_id = self.writer.store.keys.chunk_id(chunk)
             at = self._base_pos.get(chunk_id)
             if at is not None:
                 self._cursor = at + 1
-                item = (chunk, chunk_id, None)
+                item = (chunk, chunk_id, None, self._base_feature(at))
             else:
-                item = (chunk, chunk_id, self._base_at(self._cursor))
-                self._cursor += 1
+                feature = features(chunk)
+                first, second = self._by_feature
+                at = first.get(feature[:4])
+                if at is None:
+                    at = second.get(feature[4:])
+                if at is None:
+                    at = self._cursor
+                self._cursor = at + 1
+                item = (chunk, chunk_id, self._base_at(at), feature)
         self.position += 1
         self._batch.append(item)
         self._batch_bytes += len(chunk)
@@ -717,6 +767,8 @@ class LayerSink:
         self.result.sha256 = self.digest.hexdigest()  # waits for the hashing thread
         self.writer.layers[self.result.name] = self.result
         self.writer.chunk_lists[self.result.name] = self.ids
+        if self.features is not None:
+            self.writer.features[self.result.name] = self.features
         return self.result
 
 
