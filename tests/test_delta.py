@@ -56,6 +56,13 @@ def test_a_chain_of_changes_restores_every_snapshot_exactly(project, cli):
     store = open_store(project)
     depths = [store.lookup(c)[4] for sid in dumps for c in store.load_manifest(sid).chunk_ids("database")]
     assert max(depths) >= 2 and max(depths) <= 5, depths
+    # A chain at its cap restarts from its full chunk: every changed block after the
+    # first snapshot is still a delta, never a whole block again.
+    sids = list(dumps)
+    for before, after in zip(sids, sids[1:]):
+        old = set(store.load_manifest(before).chunk_ids("database"))
+        new = [c for c in store.load_manifest(after).chunk_ids("database") if c not in old]
+        assert new and all(store.lookup(c)[4] >= 1 for c in new), (after, [store.lookup(c)[4] for c in new])
     for sid, expected in dumps.items():
         target = project / f"r-{sid}.db"
         cli("restore", sid, "--to-url", f"sqlite:///{target}", "--yes")

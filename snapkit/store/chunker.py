@@ -62,11 +62,13 @@ class CdcChunker:
 
         self._cdc = FastCDC(avg_size=avg, min_size=avg // 4, max_size=avg * 4)
         self.max = avg * 4
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._size = 0
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
-        self._buf += data
-        if len(self._buf) < _WINDOW + self.max:
+        self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+        self._size += len(data)
+        if self._size < _WINDOW + self.max:
             return
         yield from self._cut(final=False)
 
@@ -74,7 +76,8 @@ class CdcChunker:
         yield from self._cut(final=True)
 
     def _cut(self, final: bool) -> Iterator[bytes]:
-        buf = bytes(self._buf)
+        buf = b"".join(self._pieces)  # the one copy of the window (none for a single piece)
+        self._pieces = []
         chunks = list(self._cdc.cut_buf(buf))
         keep_from = len(buf)
         if not final and chunks:
@@ -82,7 +85,9 @@ class CdcChunker:
             chunks = chunks[:-1]
         for c in chunks:
             yield buf[c.offset : c.offset + c.length]
-        self._buf = bytearray(buf[keep_from:])
+        rest = buf[keep_from:]
+        self._pieces = [rest] if rest else []
+        self._size = len(rest)
 
 
 FEATURE_BYTES = 8

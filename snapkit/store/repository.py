@@ -243,6 +243,30 @@ class Store:
         blob; `check_id` also recomputes the keyed id from the plaintext
         (verify does; a restore relies on the AEAD and the layer's SHA-256).
         """
+        payload, name, size = self._payload(chunk_id, packs)
+        base_id = compress.delta_base(payload)
+        if base_id is not None:
+            if _depth > MAX_DELTA_DEPTH:  # only an altered store can hold a longer chain or a cycle
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: delta chain too deep")
+            try:
+                plain = compress.unpack_payload(
+                    payload, size, lambda b: self.read_chunk(b, packs, _depth + 1, check_id))
+            except IntegrityError as exc:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: its delta base is unreadable "
+                                     f"({exc.message})") from None
+            except Exception:  # zstandard raises its own error type on a bad frame
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
+        else:
+            try:
+                plain = compress.unpack_payload(payload, size)
+            except Exception:  # zstandard raises its own error type on a bad frame
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
+        if len(plain) != size or (check_id and self.keys.chunk_id(plain) != chunk_id):
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} does not match its id")
+        return plain
+
+    def _payload(self, chunk_id: bytes, packs: dict | None) -> tuple[bytes, str, int]:
+        """A chunk's opened (authenticated, still compressed) payload, its pack's name, its size."""
         loc = self.lookup(chunk_id)
         if loc is None:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is missing from the index")
@@ -266,29 +290,22 @@ class Store:
         except FileNotFoundError:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: pack {name} is missing") from None
         try:
-            payload = self.keys.open(chunk_id, blob)
+            return self.keys.open(chunk_id, blob), name, size
         except crypto.AuthenticationFailed:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
-        base_id = compress.delta_base(payload)
-        if base_id is not None:
-            if _depth > MAX_DELTA_DEPTH:  # only an altered store can hold a longer chain or a cycle
-                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: delta chain too deep")
+
+    def chain_root(self, chunk_id: bytes, packs: dict | None = None) -> bytes | None:
+        """The full chunk at the start of `chunk_id`'s delta chain (itself if full); None if unreadable."""
+        for _ in range(MAX_DELTA_DEPTH + 2):
             try:
-                plain = compress.unpack_payload(
-                    payload, size, lambda b: self.read_chunk(b, packs, _depth + 1, check_id))
-            except IntegrityError as exc:
-                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: its delta base is unreadable "
-                                     f"({exc.message})") from None
-            except Exception:  # zstandard raises its own error type on a bad frame
-                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
-        else:
-            try:
-                plain = compress.unpack_payload(payload, size)
-            except Exception:  # zstandard raises its own error type on a bad frame
-                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} is damaged") from None
-        if len(plain) != size or (check_id and self.keys.chunk_id(plain) != chunk_id):
-            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} in {name} does not match its id")
-        return plain
+                payload, _name, _size = self._payload(chunk_id, packs)
+            except IntegrityError:
+                return None
+            base_id = compress.delta_base(payload)
+            if base_id is None:
+                return chunk_id
+            chunk_id = base_id
+        return None
 
     def _open_pack(self, name: str):
         """Open a pack for reading after checking its header (magic, version, kind)."""
@@ -541,7 +558,7 @@ class SnapshotWriter:
         return chunk_id in self.index or chunk_id in self.written
 
     def _submit(self, sink: LayerSink, batch: list) -> None:
-        self._futures.append((self._pool.submit(self._encode, batch, sink.level), sink))
+        self._futures.append((self._pool.submit(self._encode, batch, sink.level, sink._by_feature), sink))
         while len(self._futures) > WORKERS:
             self._drain_one()
 
@@ -575,29 +592,47 @@ class SnapshotWriter:
         while self._futures:
             self._drain_one()
 
-    def _encode(self, batch: list, level: int) -> list:
+    def _encode(self, batch: list, level: int, similar: tuple | None = None) -> list:
         """Worker: id each chunk of a batch; compress (or delta-compress) and seal the new ones.
 
         Batch items are (chunk, chunk id or None, base id or None, features or
         None or False); features are computed here when None (False: not kept).
-        Returns ((chunk id, sealed blob or None when known, size, depth), features).
+        With `similar` (the base layer's feature maps and chunk ids), a chunk's
+        delta base is the base chunk sharing a feature, else the one after the
+        previous chunk's. Returns ((chunk id, sealed blob or None when known,
+        size, depth), features) per item.
         """
         keys = self.store.keys
         out = []
         seen: set[bytes] = set()
         packs: dict = {}
+        cursor = None
         try:
             for chunk, chunk_id, base_id, feature in batch:
                 if chunk_id is None:
                     chunk_id = keys.chunk_id(chunk)
                 if feature is None:
                     feature = features(chunk)
+                if similar is not None:
+                    first, second, base_ids = similar
+                    at = first.get(feature[:4])
+                    if at is None:
+                        at = second.get(feature[4:])
+                    if at is None:
+                        at = cursor
+                    cursor = None if at is None else at + 1
+                    base_id = None if at is None else bytes(base_ids[at * ID_BYTES : (at + 1) * ID_BYTES]) or None
                 if chunk_id in seen or self.known(chunk_id):
                     out.append(((chunk_id, None, len(chunk), 0), feature))
                     continue
                 seen.add(chunk_id)
                 base, depth = None, 0
                 loc = self.store.lookup(base_id) if base_id is not None else None
+                if loc is not None and loc[4] >= MAX_DELTA_DEPTH:
+                    # A chain at its cap: start a new one from the chain's full chunk.
+                    # The delta spans a few snapshots' changes, still far below a full chunk.
+                    base_id = self.store.chain_root(base_id, packs)
+                    loc = self.store.lookup(base_id) if base_id is not None else None
                 if loc is not None and loc[4] < MAX_DELTA_DEPTH:
                     try:
                         base = self.store.read_chunk(base_id, packs, check_id=False)  # AEAD-authenticated
@@ -672,11 +707,11 @@ class LayerSink:
 
     Choosing a delta base for a new chunk: in a `fixed:` layer, the base's
     chunk at the same position (a changed block of a database file). In a
-    `cdc:` layer (a dump), chunk boundaries move with the data, so the sink ids
-    chunks itself, and a new chunk takes the base chunk that shares one of its
-    similarity features (chunker.features; kept per chunk in the manifest), or
-    else the base chunk under a cursor that every chunk the base also holds
-    moves past it (rows rewritten in place).
+    `cdc:` layer (a dump), chunk boundaries move with the data, so the sink
+    sketches each chunk (chunker.features; kept per chunk in the manifest) and
+    takes the base chunk that shares one of its features, or else the one
+    after the last base chunk it matched (rows rewritten in place). A chunk
+    the store already has needs no base; the workers find that out.
     """
 
     def __init__(self, writer: SnapshotWriter, name: str, strategy: str, base_ids: bytes | None,
@@ -693,20 +728,16 @@ class LayerSink:
         self.position = 0
         self._batch: list = []
         self._batch_bytes = 0
-        self._cursor = 0
-        self._base_pos: dict[bytes, int] | None = None
-        self._by_feature: tuple[dict[bytes, int], dict[bytes, int]] = ({}, {})
+        self._by_feature: tuple[dict[bytes, int], dict[bytes, int], bytes] | None = None
         self.features: bytearray | None = None if self.fixed else bytearray()
         self.result.features = not self.fixed
-        self.base_features = base_features
-        if base_ids is not None and not self.fixed:
-            self._base_pos = {bytes(base_ids[o : o + ID_BYTES]): o // ID_BYTES
-                              for o in range(0, len(base_ids), ID_BYTES)}
-            if base_features is not None:
-                first, second = self._by_feature
-                for o in range(len(base_features) - FEATURE_BYTES, -1, -FEATURE_BYTES):  # first wins
-                    first[bytes(base_features[o : o + 4])] = o // FEATURE_BYTES
-                    second[bytes(base_features[o + 4 : o + 8])] = o // FEATURE_BYTES
+        if base_ids is not None and base_features is not None and not self.fixed:
+            first: dict[bytes, int] = {}
+            second: dict[bytes, int] = {}
+            for o in range(len(base_features) - FEATURE_BYTES, -1, -FEATURE_BYTES):  # the first one wins
+                first[bytes(base_features[o : o + 4])] = o // FEATURE_BYTES
+                second[bytes(base_features[o + 4 : o + 8])] = o // FEATURE_BYTES
+            self._by_feature = (first, second, base_ids)
 
     def _base_at(self, position: int) -> bytes | None:
         if self.base_ids is None:
@@ -714,33 +745,15 @@ class LayerSink:
         base = self.base_ids[position * ID_BYTES : (position + 1) * ID_BYTES]
         return bytes(base) if len(base) == ID_BYTES else None
 
-    def _base_feature(self, position: int) -> bytes | None:
-        if self.base_features is None:
-            return None
-        f = self.base_features[position * FEATURE_BYTES : (position + 1) * FEATURE_BYTES]
-        return bytes(f) if len(f) == FEATURE_BYTES else None
-
     def _add(self, chunk: bytes | memoryview) -> None:
         if self.fixed:
             item = (chunk, None, self._base_at(self.position), False)
-        elif self._base_pos is None:
-            item = (chunk, None, None, None)  # the workers compute id and features
+        elif self._by_feature is None:
+            # No base with sketches (the first snapshot): the workers sketch. Without
+            # sketches a base chunk at the same position is a guess worth trying.
+            item = (chunk, None, self._base_at(self.position), None)
         else:
-            chunk_id = self.writer.store.keys.chunk_id(chunk)
-            at = self._base_pos.get(chunk_id)
-            if at is not None:
-                self._cursor = at + 1
-                item = (chunk, chunk_id, None, self._base_feature(at))
-            else:
-                feature = features(chunk)
-                first, second = self._by_feature
-                at = first.get(feature[:4])
-                if at is None:
-                    at = second.get(feature[4:])
-                if at is None:
-                    at = self._cursor
-                self._cursor = at + 1
-                item = (chunk, chunk_id, self._base_at(at), feature)
+            item = (chunk, None, None, None)  # the workers sketch and look up the base
         self.position += 1
         self._batch.append(item)
         self._batch_bytes += len(chunk)
