@@ -19,8 +19,9 @@ import io
 import os
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -44,8 +45,8 @@ _MODE_TREE = 0o040000
 _MODE_LINK = 0o120000
 _MODE_SUBMODULE = 0o160000
 
-# Blobs larger than this are streamed out of `git cat-file --batch` instead of
-# read whole: libgit2 reads an object whole (a loose one twice, compressed and
+# Blobs larger than this are streamed instead of read whole: libgit2 (pygit2,
+# its BlobIO too) reads an object whole, a loose one twice (compressed and
 # inflated), so a committed 300 MB file cost ~950 MB of memory (docs/decisions.md).
 STREAM_BLOB_BYTES = 4 * 1024 * 1024
 # tarfile's copy size, and the blocks the tar stream is handed on in.
@@ -58,6 +59,14 @@ TREE_TAR_FORMAT = 1
 _GIT_LOCATION_VARS = (
     "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
     "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+)
+# git streams a packed blob only above core.bigFileThreshold (else it inflates it
+# whole), through mmap windows of core.packedGitWindowSize (1 GiB by default),
+# keeping up to core.packedGitLimit mapped: all three bounded for cat-file.
+_CAT_FILE_CONFIG = (
+    "-c", "core.bigFileThreshold=1m",
+    "-c", "core.packedGitWindowSize=4m",
+    "-c", "core.packedGitLimit=32m",
 )
 
 _NO_USER_HINT = 'git config user.name "Your Name" / git config user.email you@example.com'
@@ -295,15 +304,14 @@ class GitRepo:
         commit time, uid/gid 0, empty uname/gname; files 0o644 or 0o755 from the
         git mode, directories 0o755, symlinks as symlink entries (0o777),
         submodules skipped. Memory stays bounded whatever the file sizes: blobs
-        over STREAM_BLOB_BYTES are streamed from `git cat-file --batch` (read
-        whole only when no git executable can be run), and `out` receives
+        over STREAM_BLOB_BYTES are streamed (see _BigBlobs), and `out` receives
         blocks of about 1 MiB through `.write` (it needs nothing else).
         Raises GitError for an unknown commit or a missing object.
         """
         commit = self._commit(commit_id)
         mtime = int(commit.commit_time)
         stream = _TarOutput(out)
-        blobs = _CatFile(self.git_dir)
+        blobs = _BigBlobs(self._common_dir() / "objects", self.git_dir)
         try:
             # Mode "w" (not the stream mode "w|"): tarfile's stream buffer re-slices
             # itself on every write, and the bytes written are the same.
@@ -342,7 +350,7 @@ class GitRepo:
                 yield from self._walk(self._repo.get(entry.id), path + "/")
 
     def _add_entry(self, tar: tarfile.TarFile, path: str, entry: pygit2.Object, mtime: int,
-                   blobs: _CatFile) -> None:
+                   blobs: _BigBlobs) -> None:
         info = tarfile.TarInfo(path)
         info.mtime = mtime
         info.uid = info.gid = 0
@@ -366,8 +374,9 @@ class GitRepo:
         if reader is None:
             tar.addfile(info, io.BytesIO(self._blob_data(entry.id)))  # small: whole is fine
             return
-        tar.addfile(info, reader)
-        reader.finish()
+        with closing(reader):
+            tar.addfile(info, reader)
+            reader.finish()
 
     def _blob_data(self, oid: pygit2.Oid) -> bytes:
         blob = self._repo.get(oid)
@@ -532,26 +541,34 @@ class _TarOutput:
             self._buf.clear()
 
 
-class _CatFile:
-    """Streams blobs out of one `git cat-file --batch` process, started on first use.
+class _BigBlobs:
+    """Readers of large blobs in bounded memory, for write_tree_tar.
 
-    libgit2 (hence pygit2, BlobIO included) reads an object whole; git streams
-    a loose or an undeltified packed blob to the pipe in small pieces, so
-    neither process holds a big file whole (git stores blobs over
-    core.bigFileThreshold, 512 MiB, undeltified). No shell; the repository is
-    named by --git-dir and the hook's GIT_* location variables are dropped.
+    A loose object is inflated here piece by piece (`git cat-file` would mmap
+    the whole file: its peak RSS is the file's size). Any other object (packed,
+    or in an alternate object store) comes from one `git cat-file --batch`
+    process, started on first use and told to stream packed blobs through small
+    windows (_CAT_FILE_CONFIG). A packed blob that git stored as a delta is
+    still rebuilt whole inside git; git never deltifies blobs over its
+    core.bigFileThreshold (512 MiB). Without a git executable such blobs are
+    read whole by pygit2, as small ones are.
     """
 
-    def __init__(self, git_dir: Path):
+    def __init__(self, objects_dir: Path, git_dir: Path):
+        self._objects = objects_dir
         self._git_dir = git_dir
         self._proc: subprocess.Popen | None = None
-        self._unavailable = False
+        self._no_git = False
 
-    def open(self, oid: str, size: int) -> _BlobReader | None:
-        """A reader of blob `oid`'s `size` bytes; None when git cannot be run.
-        Raises GitError if git does not have the blob. Read it to the end and
-        call `finish()` before opening the next one."""
-        proc = self._start()
+    def open(self, oid: str, size: int) -> _LooseBlob | _PipedBlob | None:
+        """A reader of blob `oid`'s `size` bytes, or None when only pygit2 can
+        read it. Raises GitError if git does not have the blob. Read it to the
+        end, call its `finish()` (checks), then `close()`, before opening the next one."""
+        try:
+            return _LooseBlob(self._objects / oid[:2] / oid[2:], oid, size)
+        except FileNotFoundError:
+            pass
+        proc = self._cat_file()
         if proc is None:
             return None
         try:
@@ -560,27 +577,26 @@ class _CatFile:
         except OSError as exc:
             raise GitError(f"git cat-file stopped before reading {oid}: {exc}") from None
         header = proc.stdout.readline()
-        fields = header.split()
-        if len(fields) != 3 or fields[1] != b"blob" or fields[2] != str(size).encode():
+        if header.split() != [oid.encode(), b"blob", str(size).encode()]:
             said = header.decode("utf-8", "replace").strip() or "no output"
             raise GitError(f"git cat-file could not read blob {oid}: {said}")
-        return _BlobReader(proc.stdout, oid, size)
+        return _PipedBlob(proc.stdout, oid, size)
 
-    def _start(self) -> subprocess.Popen | None:
-        if self._proc is None and not self._unavailable:
+    def _cat_file(self) -> subprocess.Popen | None:
+        if self._proc is None and not self._no_git:
             env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
             try:
                 self._proc = subprocess.Popen(
-                    ["git", f"--git-dir={self._git_dir}", "cat-file", "--batch"],
+                    ["git", *_CAT_FILE_CONFIG, f"--git-dir={self._git_dir}", "cat-file", "--batch"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                     env=env,
                 )
             except OSError:
-                self._unavailable = True  # no git executable: blobs are read whole
+                self._no_git = True
         return self._proc
 
     def close(self) -> None:
-        """End the git process (closing its pipes stops it even mid-blob)."""
+        """End the git process, if any (closing its pipes stops it even mid-blob)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -596,7 +612,70 @@ class _CatFile:
             proc.wait()
 
 
-class _BlobReader:
+class _LooseBlob:
+    """A loose object's content: the file is zlib of "blob <size>", a NUL byte, the content."""
+
+    def __init__(self, path: Path, oid: str, size: int):
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close() or on error
+        self._oid = oid
+        self._inflate = zlib.decompressobj()
+        self._pending = memoryview(b"")
+        self._left = size
+        try:
+            head = b""
+            while b"\0" not in head and len(head) < 64:
+                head += self._inflate_some() or b"\0"  # ended early: the check below fails
+            kind, _, rest = head.partition(b"\0")
+            if kind != f"blob {size}".encode():
+                raise GitError(f"loose object {oid} is not a blob of {size} bytes")
+            self._pending = memoryview(rest)
+        except zlib.error as exc:
+            self._file.close()
+            raise GitError(f"cannot read loose object {oid}: {exc}") from None
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _inflate_some(self) -> bytes:
+        """The next inflated bytes (at most _TAR_BLOCK); b"" at the end of the stream."""
+        inflate = self._inflate
+        while not inflate.eof:
+            src = inflate.unconsumed_tail or self._file.read(_TAR_BLOCK)
+            if not src:
+                raise GitError(f"loose object {self._oid} is truncated")
+            out = inflate.decompress(src, _TAR_BLOCK)
+            if out:
+                return out
+        return b""
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        parts, got = [], 0
+        try:
+            while got < n:
+                if not self._pending:
+                    self._pending = memoryview(self._inflate_some())
+                    if not self._pending:
+                        raise GitError(f"loose object {self._oid} is shorter than its header says")
+                take = self._pending[: n - got]
+                self._pending = self._pending[len(take) :]
+                parts.append(take)
+                got += len(take)
+        except zlib.error as exc:
+            raise GitError(f"cannot read loose object {self._oid}: {exc}") from None
+        self._left -= n
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        """Check the object held exactly its size."""
+        if self._left or self._pending or self._inflate_some():
+            raise GitError(f"loose object {self._oid} is longer than its header says")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _PipedBlob:
     """Exactly `size` bytes of one blob from `git cat-file --batch`'s output."""
 
     def __init__(self, pipe: BinaryIO, oid: str, size: int):
@@ -616,3 +695,6 @@ class _BlobReader:
         """Check the blob was read whole and consume git's newline after it."""
         if self._left or self._pipe.read(1) != b"\n":
             raise GitError(f"git cat-file output out of step after blob {self._oid}")
+
+    def close(self) -> None:
+        pass  # the pipe belongs to _BigBlobs

@@ -77,3 +77,86 @@ def test_wal_database_is_always_read(project, cli):
     cli("create", "--no-commit")
     cli("create", "--no-commit")
     assert "source_state" not in _db_layer(cli)
+
+
+def _code_layer(cli, ref="@0"):
+    return json.loads(cli("show", ref, "--json").stdout)["layers"]["code"]
+
+
+def _fresh_tar_sha256(repo, commit="HEAD") -> str:
+    """What write_tree_tar gives for `commit` right now (the layer must equal it)."""
+    import hashlib
+
+    from snapkit.gitrepo import GitRepo
+
+    class Sink:
+        def __init__(self):
+            self.digest = hashlib.sha256()
+
+        def write(self, data):
+            self.digest.update(data)
+            return len(data)
+
+    sink, git_repo = Sink(), GitRepo.discover(repo)
+    git_repo.write_tree_tar(git_repo.resolve(commit), sink)
+    return sink.digest.hexdigest()
+
+
+def test_same_commit_reuses_the_code_layer_without_tarring(project, cli, tmp_path, monkeypatch):
+    import sys
+    import tarfile
+
+    import snapkit
+    from snapkit.gitrepo import GitRepo
+
+    first_id = cli("create", "--no-commit").stdout.strip()
+    first = _code_layer(cli)
+    assert first["source_state"] == {"tree": git(project, "rev-parse", "HEAD^{tree}"), "format": 1,
+                                     "mtime": int(git(project, "log", "-1", "--format=%ct"))}
+
+    def no_tar(*args, **kwargs):
+        raise AssertionError("the code layer was tarred again")
+
+    switch = sys.getswitchinterval()  # the store writer shortens it for its threads
+    with monkeypatch.context() as patch:
+        patch.setattr(GitRepo, "write_tree_tar", no_tar)
+        result = snapkit.Project.open(project).create(no_commit=True)
+    sys.setswitchinterval(switch)
+    second = _code_layer(cli, result.id)
+    assert second["stored_bytes"] == 0 and second["new_chunks"] == 0
+    assert {k: second[k] for k in ("logical_bytes", "chunks", "sha256", "source_state")} == \
+        {k: first[k] for k in ("logical_bytes", "chunks", "sha256", "source_state")}
+    store = snapkit.Project.open(project).unlocked_store()
+    chunk_list = store.load_manifest(first_id).chunk_lists["code"]
+    assert store.load_manifest(result.id).chunk_lists["code"] == chunk_list
+    # The reused layer is exactly the tar a fresh write of this commit gives, and git's files.
+    assert second["sha256"] == _fresh_tar_sha256(project)
+    out = tmp_path / "code.tar"
+    cli("cat", result.id, "--layer", "code", "-o", str(out))
+    with tarfile.open(out) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert sorted(files) == sorted(git(project, "ls-tree", "-r", "--name-only", "HEAD").splitlines())
+    for name, data in files.items():
+        assert data == subprocess.run(["git", "show", f"HEAD:{name}"], cwd=project,
+                                      capture_output=True, check=True).stdout
+
+
+def test_changed_tree_or_commit_time_writes_a_new_code_layer(project, cli):
+    import os
+
+    cli("create", "--no-commit")
+    first = _code_layer(cli)
+    (project / "app.py").write_text("print('v2')\n")
+    cli("create", "v2")  # commits the change
+    changed = _code_layer(cli)
+    assert changed["source_state"]["tree"] != first["source_state"]["tree"]
+    assert changed["sha256"] != first["sha256"] and changed["new_chunks"] > 0
+    assert changed["sha256"] == _fresh_tar_sha256(project)
+    # Same tree, another commit time: every entry's mtime differs, so does the tar.
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "same tree"], cwd=project,
+                   check=True, env={**os.environ, "GIT_COMMITTER_DATE": "2001-01-01T00:00:00Z"})
+    cli("create", "--no-commit")
+    retimed = _code_layer(cli)
+    assert retimed["source_state"] == {**changed["source_state"], "mtime": 978307200}
+    assert retimed["sha256"] != changed["sha256"]
+    assert retimed["sha256"] == _fresh_tar_sha256(project)

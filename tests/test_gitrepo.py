@@ -392,6 +392,84 @@ def test_write_tree_tar_is_deterministic_and_complete(root: Path) -> None:
         assert tar.getmember("link").linkname == "b.txt"
 
 
+def _tar_bytes(repo: GitRepo, commit_id: str) -> bytes:
+    out = WriteOnly()
+    repo.write_tree_tar(commit_id, out)
+    return out.getvalue()
+
+
+def test_write_tree_tar_streams_big_blobs_to_the_same_bytes(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snapkit.gitrepo as gitrepo
+
+    write(root, "empty.txt", "")
+    write(root, "small.txt", "small\n")
+    (root / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 7))  # over one 1 MiB block
+    (root / "tool").write_bytes(b"#!/bin/sh\n" * 50_000)
+    (root / "tool").chmod(0o755)
+    os.symlink("big.bin", root / "link")
+    head = commit(root, "files")
+    repo = GitRepo.discover(root)
+    monkeypatch.setattr(gitrepo, "STREAM_BLOB_BYTES", 1 << 40)
+    whole = _tar_bytes(repo, head)  # every blob read whole by pygit2
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        assert tar.extractfile("big.bin").read() == (root / "big.bin").read_bytes()
+
+    monkeypatch.setattr(gitrepo, "STREAM_BLOB_BYTES", 0)
+    oid = git(root, "rev-parse", "HEAD:big.bin")
+    loose = root / ".git" / "objects" / oid[:2] / oid[2:]
+    assert loose.exists()  # loose objects: inflated by snapkit
+    assert _tar_bytes(repo, head) == whole
+    git(root, "gc", "-q", "--prune=now")
+    assert not loose.exists()  # packed: streamed by git cat-file
+    # A hook's GIT_DIR / GIT_INDEX_FILE must not send git cat-file elsewhere.
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "index"))
+    assert _tar_bytes(GitRepo.discover(root), head) == whole
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_INDEX_FILE")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # no git: read whole by pygit2
+    assert _tar_bytes(GitRepo.discover(root), head) == whole
+
+
+@pytest.mark.parametrize("size", [100, 5 * 1024 * 1024])
+def test_write_tree_tar_missing_blob_is_a_git_error(root: Path, size: int) -> None:
+    (root / "data.bin").write_bytes(os.urandom(size))
+    head = commit(root, "data")
+    oid = git(root, "rev-parse", "HEAD:data.bin")
+    (root / ".git" / "objects" / oid[:2] / oid[2:]).unlink()
+    with pytest.raises(GitError, match=oid):
+        GitRepo.discover(root).write_tree_tar(head, WriteOnly())
+
+
+def test_write_tree_tar_damaged_loose_blob_is_a_git_error(root: Path) -> None:
+    (root / "data.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    head = commit(root, "data")
+    oid = git(root, "rev-parse", "HEAD:data.bin")
+    loose = root / ".git" / "objects" / oid[:2] / oid[2:]
+    raw = loose.read_bytes()
+    loose.chmod(0o644)
+    loose.write_bytes(raw[: len(raw) // 2])  # truncated after its header
+    with pytest.raises(GitError, match=oid):
+        GitRepo.discover(root).write_tree_tar(head, WriteOnly())
+
+
+def test_tree_tar_key_is_tree_time_and_format(root: Path) -> None:
+    first = commit(root, "a", **{"a.txt": "a\n"})
+    repo = GitRepo.discover(root)
+    key = repo.tree_tar_key(first)
+    assert key == {"tree": git(root, "rev-parse", "HEAD^{tree}"),
+                   "mtime": int(git(root, "log", "-1", "--format=%ct")), "format": 1}
+    env = {**os.environ, "GIT_COMMITTER_DATE": "2001-01-01T00:00:00Z"}
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "same tree"], cwd=root,
+                   env=env, check=True)
+    second = git(root, "rev-parse", "HEAD")
+    assert repo.tree_tar_key(second)["tree"] == key["tree"]
+    assert repo.tree_tar_key(second)["mtime"] == 978307200 != key["mtime"]
+    assert _tar_bytes(repo, second) != _tar_bytes(repo, first)
+
+
 def test_write_tree_tar_unknown_commit(root: Path) -> None:
     commit(root, "base", **{"a.txt": "a\n"})
     with pytest.raises(GitError):

@@ -73,9 +73,13 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
                     info = dump.database_info()
                 warnings += list(getattr(dump, "warnings", ()))
                 db.source_state = dump.state
-            sink = writer.layer("code", CODE_STRATEGY)
-            repo.write_tree_tar(head.id, sink)
-            code = sink.close()
+            code_key = repo.tree_tar_key(head.id)
+            code = _same_code(writer, previous, code_key)
+            if code is None:
+                sink = writer.layer("code", CODE_STRATEGY)
+                repo.write_tree_tar(head.id, sink)
+                code = sink.close()
+            code.source_state = code_key
             tags = sorted(set(tags) | ({"safety"} if safety else set()))
             meta = {
                 "commit": head.id, "parents": list(head.parents), "branch": repo.current_branch(),
@@ -129,6 +133,23 @@ def _unchanged(writer, dump, previous, url):
     if layer.get("source_state") != dump.state or layer.get("strategy") != dump.strategy:
         return None
     return writer.reuse_layer("database", previous)
+
+
+def _same_code(writer, previous, key):
+    """Reuse the previous code layer when it is the tar this commit would give.
+
+    The tar's bytes depend only on the tree, the commit time (every entry's
+    mtime) and the tar format (`GitRepo.tree_tar_key`); the layer records that
+    key as `source_state`. Snapshotting the same commit again (`create
+    --no-commit` twice, a timer between commits) then reads no blob. Another
+    commit with the same tree but another time gets its own tar.
+    """
+    if previous is None:
+        return None
+    layer = previous.layers.get("code", {})
+    if layer.get("source_state") != key or layer.get("strategy") != CODE_STRATEGY:
+        return None
+    return writer.reuse_layer("code", previous)
 
 
 def track(stream, total, progress):
