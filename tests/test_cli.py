@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from snapkit.cli import render
 from tests.conftest import Cli, git, make_app_db, sqlite_dump
 
 # ---------------------------------------------------------------- helpers (also used by the other CLI test files)
@@ -536,6 +537,169 @@ def test_list_show_cat_json(project, cli, tmp_path):
 
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert not (tmp_path / "n").exists()
+
+
+SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z(\d\d)?-[0-9a-f]{7}(?= )")
+
+
+def _cells(s: str) -> int:
+    """Display width, computed independently of rich: East Asian wide characters take two cells."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+
+
+def _catalog_entry(i: int, **over) -> dict:
+    entry = {"id": f"20260101T{i // 3600 % 24:02d}{i // 60 % 60:02d}{i % 60:02d}Z{i // 86400:02d}-abcdef0",
+             "commit": "abcdef0" * 5 + "abcde", "branch": "main", "message": f"snapshot {i}",
+             "created_at": f"2026-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", "env": "default",
+             "tags": [], "pinned": False, "safety": False, "dirty": False, "engine": "sqlite",
+             "logical_bytes": 1000 * i, "stored_bytes": i, "layers": {}}
+    return {**entry, **over}
+
+
+SPECIAL_MESSAGES = {
+    3: "fix [wip] and [bold]markup[/bold] :smile: stay literal",
+    5: "東京 データ移行",
+    7: "\x1b[31mred\x1b[0m\tand a tab",
+    11: " ".join(f"word{j}" for j in range(60)),  # wider than the 200 columns of piped output: wraps
+}
+
+
+def test_list_table_every_snapshot_newest_first(project, cli):
+    """`list` on a catalog of many snapshots (written as create writes them): one row per snapshot,
+    newest first, `-n` keeps the newest, columns line up, messages are printed literally."""
+    from snapkit.project import Project
+
+    p = Project.open(project)
+    store = p.unlocked_store()
+    written = []
+    for i in range(300):
+        entry = _catalog_entry(i, message=SPECIAL_MESSAGES.get(i, f"snapshot {i}"),
+                               pinned=i == 5, tags=["release", "東京"] if i == 5 else [])
+        p.catalog.write(entry, store.keys)
+        written.append(entry["id"])
+    newest_first = sorted(written, reverse=True)
+
+    table, top20, as_json = run_many(project, [("list",), ("list", "-n", "20"), ("list", "--json")])
+    for proc in (table, top20, as_json):
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert [e["id"] for e in json.loads(as_json.stdout)["snapshots"]] == newest_first
+
+    lines = table.stdout.splitlines()
+    header = lines[0]
+    assert header.split() == ["id", "commit", "created", "env", "marks", "size", "added", "message"]
+    assert [m.group(0) for m in map(SNAPSHOT_ID.match, lines) if m] == newest_first
+    assert len({_cells(line) for line in lines}) == 1  # every line padded to the table's width
+    assert _cells(header) <= 200
+    assert "\x1b" not in table.stdout and "\t" not in table.stdout
+
+    rows = {}  # id → its lines (a wrapped message continues on lines that start blank)
+    for line in lines[1:]:
+        m = SNAPSHOT_ID.match(line)
+        if m:
+            sid = m.group(0)
+            rows[sid] = [line]
+        else:
+            assert line.startswith(" " * 30), line
+            rows[sid].append(line)
+    msg_col = header.index("message")
+    size_end, added_end = header.index("size") + len("size"), header.index("added") + len("added")
+    for i, sid in enumerate(written):
+        first = rows[sid][0]
+        if i != 5:  # ASCII rows: character columns are cells
+            assert first[:size_end].endswith(f" {render.human_bytes(1000 * i)}")  # right-aligned
+            assert first[:added_end].endswith(f" {render.human_bytes(i)}")
+            message = " ".join(" ".join(line[msg_col:] for line in rows[sid]).split())
+            want = " ".join(SPECIAL_MESSAGES.get(i, f"snapshot {i}").replace("\x1b", "").split())
+            assert message == want, (sid, message)
+    wide = rows[written[5]]
+    assert len(wide) == 1 and "pinned,release,東京" in wide[0] and wide[0].rstrip().endswith("東京 データ移行")
+    assert len(rows[written[11]]) > 1  # wrapped, not cropped: the whole message is there (checked above)
+
+    assert top20.stdout.splitlines()[0].split() == header.split()
+    top = [m.group(0) for m in map(SNAPSHOT_ID.match, top20.stdout.splitlines()) if m]
+    assert top == newest_first[:20]
+
+
+def _rich_table(rows: list[tuple[str, ...]], width: int, terminal: bool) -> str:
+    """The table as rich.Table draws it: the layout `list` had before it drew tables itself."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    buf = io.StringIO()
+    table = Table(box=None, pad_edge=False)
+    for name, right in render.LIST_COLUMNS:
+        table.add_column(name, no_wrap=name != "message", justify="right" if right else "left")
+    for row in rows:
+        table.add_row(*map(Text, row))
+    Console(file=buf, width=width, force_terminal=terminal, highlight=False, soft_wrap=True).print(table)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [200, 120, 100])
+def test_list_layout_is_rich_tables(width, monkeypatch):
+    """The hand-made table is byte for byte rich's: widths, right-aligned sizes, wide characters,
+    messages wrapped at word boundaries (and cut with … when one word is too wide)."""
+    import io
+
+    from rich.console import Console
+
+    messages = ["first version", "", "東京 データ移行 🎉", "v2: new greeting " * 12,
+                "x" * 150 + " tail", "ünïcode and Ωmega", "a " * 120]
+    entries = [_catalog_entry(i, message=m, env="staging" if i == 2 else "default",
+                              pinned=i % 3 == 0, tags=["golden", "東京"][: i % 3])
+               for i, m in enumerate(messages)]
+    entries[1]["logical_bytes"] = 3 * 2**30
+    rows = render.snapshot_rows(list(reversed(entries)))
+    for terminal in (False, True):
+        buf = io.StringIO()
+        c = Console(file=buf, width=width, force_terminal=terminal, highlight=False, soft_wrap=True)
+        monkeypatch.setattr(render, "console", lambda stderr=False: c)
+        render.snapshot_table(list(reversed(entries)))
+        want = _rich_table(rows, width, terminal)
+        if terminal:  # rich styles the header cell by cell, we style the line: same on screen
+            plain = re.compile(r"\x1b\[[0-9;]*m")
+            assert plain.sub("", buf.getvalue()) == plain.sub("", want)
+            assert buf.getvalue().startswith("\x1b[1mid ")
+        else:
+            assert buf.getvalue() == want
+
+
+def test_list_narrow_terminal_falls_back_to_rich(monkeypatch):
+    """Too narrow for the fixed columns: rich crops them, so rich draws the table."""
+    import io
+
+    from rich.console import Console
+
+    entries = [_catalog_entry(i) for i in range(3)]
+    buf = io.StringIO()
+    c = Console(file=buf, width=60, highlight=False, soft_wrap=True)
+    monkeypatch.setattr(render, "console", lambda stderr=False: c)
+    render.snapshot_table(entries)
+    assert buf.getvalue() == _rich_table(render.snapshot_rows(entries), 60, False)
+
+
+def test_list_table_of_10000_snapshots_is_fast(monkeypatch):
+    """rich.Table needs ~5 s for 10,000 rows; `list` must stay interactive (docs: catalog_speed)."""
+    import io
+
+    from rich.console import Console
+
+    entries = [_catalog_entry(i) for i in range(10_000)]
+    buf = io.StringIO()
+    c = Console(file=buf, width=200, highlight=False, soft_wrap=True)
+    monkeypatch.setattr(render, "console", lambda stderr=False: c)
+    t0 = time.perf_counter()
+    render.snapshot_table(list(reversed(entries)))
+    elapsed = time.perf_counter() - t0
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 10_001
+    assert [line.split()[0] for line in lines[1:]] == [e["id"] for e in reversed(entries)]
+    assert elapsed < 1.5, f"{elapsed:.2f}s to lay out 10,000 rows"
 
 
 # ---------------------------------------------------------------- marks

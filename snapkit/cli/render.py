@@ -34,24 +34,107 @@ def console(stderr: bool = False):
                    width=None if stream.isatty() else 200)
 
 
-def snapshot_table(entries: list[dict]) -> None:
-    from rich.table import Table
+# `list`: (header, right-justified?) per column, in order.
+LIST_COLUMNS = (("id", False), ("commit", False), ("created", False), ("env", False), ("marks", False),
+                ("size", True), ("added", True), ("message", False))
+# Control characters would move the cursor or restyle the terminal; rich drops some, we drop them all.
+_CONTROL = dict.fromkeys([*range(32), 127])
 
+
+def snapshot_rows(entries: list[dict]) -> list[tuple[str, ...]]:
+    """The cells of `list`'s table, one tuple per entry, as printed (no markup, no control characters)."""
+    rows = []
+    for e in entries:
+        marks = ["pinned"] if e.get("pinned") else []
+        marks += e.get("tags", [])
+        message = e.get("message") or ""
+        if message:
+            message = message.splitlines()[0]
+            if not message.isprintable():
+                message = message.expandtabs(8).translate(_CONTROL)
+        rows.append((e["id"], e["commit"][:7], e["created_at"].replace("T", " ").rstrip("Z"), e.get("env", ""),
+                     ",".join(marks), human_bytes(e.get("logical_bytes")), human_bytes(e.get("stored_bytes")),
+                     message))
+    return rows
+
+
+def snapshot_table(entries: list[dict]) -> None:
     if not entries:
         console().print("no snapshots yet — run `snapkit create`")
         return
+    c = console()
+    rows = snapshot_rows(entries)
+    laid_out = table_lines(rows, c.width, c)
+    if laid_out is None:
+        return _rich_snapshot_table(c, rows)
+    head, body = laid_out
+    c.print("\n".join(head), style="table.header", markup=False, emoji=False, highlight=False)
+    c.file.write("".join(line + "\n" for line in body))
+    c.file.flush()
+
+
+def table_lines(rows: list[tuple[str, ...]], max_width: int, c) -> tuple[list[str], list[str]] | None:
+    """The header's and the rows' lines, laid out as rich lays out `Table(box=None, pad_edge=False)`
+    with LIST_COLUMNS, in a fraction of its time (rich takes 0.5 ms a row: 5 s for 10,000 snapshots).
+
+    Cells are padded to their column's width and joined by two spaces. When the table is wider
+    than `max_width`, the message column narrows and its cells wrap as rich wraps them. None
+    when other columns would have to shrink too: rich crops them, and only rich does that."""
+    header = tuple(name for name, _ in LIST_COLUMNS)
+    columns = list(zip(header, *rows))
+    widths = [max(map(len if "".join(col).isascii() else _cell_len, col)) for col in columns]
+    excess = sum(widths) + 2 * (len(widths) - 1) - max_width
+    if excess > 0:
+        if widths[-1] - excess < 1:
+            return None
+        widths[-1] -= excess
+    *fixed, width = widths
+    rights = [right for _, right in LIST_COLUMNS[:-1]]
+    blank = " " * (sum(fixed) + 2 * len(fixed))
+
+    def lines(row: tuple[str, ...]) -> list[str]:
+        start = "".join([_pad(cell, w, right) + "  " for cell, w, right in zip(row, fixed, rights)])
+        message = row[-1]
+        if (len(message) if message.isascii() else _cell_len(message)) <= width:
+            return [start + _pad(message, width, False)]
+        parts = _wrap(c, message, width)
+        return [(blank if i else start) + _pad(part, width, False) for i, part in enumerate(parts)]
+
+    return lines(header), [line for row in rows for line in lines(row)]
+
+
+def _cell_len(s: str) -> int:
+    if s.isascii():
+        return len(s)
+    from rich.cells import cell_len  # East Asian wide characters take two cells
+
+    return cell_len(s)
+
+
+def _pad(s: str, width: int, right: bool) -> str:
+    if s.isascii():
+        return s.rjust(width) if right else s.ljust(width)
+    fill = " " * (width - _cell_len(s))
+    return fill + s if right else s + fill
+
+
+def _wrap(c, text: str, width: int) -> list[str]:
+    """`text` wrapped to `width` as a rich table cell wraps it (words, then an ellipsis)."""
+    from rich.text import Text
+
+    return [line.plain for line in Text(text).wrap(c, width, justify="left", overflow="ellipsis", tab_size=8)]
+
+
+def _rich_snapshot_table(c, rows: list[tuple[str, ...]]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, pad_edge=False)
-    for col in ("id", "commit", "created", "env", "marks", "size", "added", "message"):
-        table.add_column(col, no_wrap=col != "message", justify="right" if col in ("size", "added") else "left")
-    for e in entries:
-        marks = []
-        if e.get("pinned"):
-            marks.append("pinned")
-        marks += e.get("tags", [])
-        table.add_row(e["id"], e["commit"][:7], e["created_at"].replace("T", " ").rstrip("Z"), e.get("env", ""),
-                      ",".join(marks), human_bytes(e.get("logical_bytes")), human_bytes(e.get("stored_bytes")),
-                      (e.get("message") or "").splitlines()[0] if e.get("message") else "")
-    console().print(table)
+    for name, right in LIST_COLUMNS:
+        table.add_column(name, no_wrap=name != "message", justify="right" if right else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    c.print(table)
 
 
 def list_json(entries: list[dict]) -> None:
