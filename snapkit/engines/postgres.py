@@ -454,7 +454,11 @@ class PostgresEngine:
             yield block
         rc = proc.wait()
         if rc != 0:
-            raise DatabaseError(f"{tool} failed: {_last_line(errors, rc)}")
+            hint = None
+            if any(ln.startswith(f"{tool}: detail: Query was: LOCK TABLE") for ln in _read_errors(errors)):
+                hint = ("another session holds an exclusive lock on a table (a migration?); "
+                        "retry when it is done, or raise the database timeout")
+            raise DatabaseError(f"{tool} failed: {_last_line(errors, rc)}", hint=hint)
 
     # ---- restore
     def restore(self, source: Iterable[bytes], tmp_dir: Path) -> None:
@@ -711,6 +715,10 @@ def _read_errors(errors) -> list[str]:
 
 def _last_line(errors, rc: int) -> str:
     lines = [ln for ln in _read_errors(errors) if not ln.startswith("Command was:")]
+    # The error itself, not the "detail: Query was: …" line pg_dump 15 prints after it.
+    errors_only = [ln for ln in lines if re.match(r"^(pg_dump|pg_restore): (error|fatal): ", ln)]
+    if errors_only:
+        lines = errors_only
     if lines:
         last = lines[-1]
         # "pg_restore: error: could not execute query: ERROR:  role "app" does not exist"
