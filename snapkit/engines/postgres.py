@@ -547,7 +547,7 @@ class PostgresEngine:
                 m.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
                 m.execute(f"DROP DATABASE IF EXISTS {_ident(name)}")
         except (psycopg.Error, DatabaseError):
-            pass  # best effort; the name says what it is (docs/engines-postgres.md)
+            pass  # best effort; the name says what it is (docs/engines.md)
 
     def _restore_swap(self, m, source, tmp_dir, pg_restore, role, target) -> None:
         owner = target["owner"] if target and target["owner"] != role["rolname"] else None

@@ -185,7 +185,7 @@ def test_chinook_round_trip_to_url_and_restore_test(pg_server, repo):
     cli("restore", "@0", "--to-url", s.url(copy, scheme="postgresql+psycopg"), "--yes")
     assert counts(s, copy) == before_counts and schema(s, copy) == before_schema
 
-    # the layer is a plain pg_dump archive: the stock tools take over (docs/engines-postgres.md)
+    # the layer is a plain pg_dump archive: the stock tools take over (docs/engines.md)
     archive = repo.parent / "app.dump"
     cli("cat", "@0", "--layer", "database", "-o", str(archive))
     by_hand = fresh_db(s, "byhand")
