@@ -396,6 +396,9 @@ class GitRepo:
             self._repo.create_reference_direct(
                 name, target, True, message=f"snapkit: keep {str(target)[:7]}"
             )
+        # pygit2 writes refs and objects without fsync; the snapshot becomes visible
+        # right after this, so its commit and ref must survive a power cut first.
+        sync_filesystem(self.git_dir)
 
     def drop_ref(self, snapshot_id: str) -> None:
         """Delete refs/snapkit/<snapshot_id>; does nothing if it does not exist."""
@@ -698,3 +701,19 @@ class _PipedBlob:
 
     def close(self) -> None:
         pass  # the pipe belongs to _BigBlobs
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush the filesystem holding `path` to disk (syncfs(2); sync(2) where that is missing)."""
+    try:
+        import ctypes
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()

@@ -53,16 +53,24 @@ class Project:
         path = self.config.store_path
         if not (path / "config").exists():
             raise StoreMissing(f"no snapkit store at {path}")
-        return Store(path)
+        return Store(path, scratch_base=self.scratch_base())
 
     def key_source(self):
         from snapkit.store.keys import KeySource, default_key_path
 
         key_file = self.config.key_file
         if key_file is None:
-            default = default_key_path(self.store.id)
+            default = default_key_path(self.store_id())
             key_file = default if default.exists() else None
         return KeySource(key_file=key_file, passphrase=self.config.passphrase)
+
+    def store_id(self) -> str:
+        """The store's id, read from its config (works for a store of any format)."""
+        if "store" in self.__dict__:
+            return self.store.id
+        from snapkit.store.repository import open_backend, read_config
+
+        return read_config(open_backend(self.config.store_path))["id"]
 
     def unlocked_store(self):
         store = self.store
@@ -71,13 +79,20 @@ class Project:
 
     @cached_property
     def catalog(self):
+        """The store's catalog; opening it needs the key (entries are sealed)."""
         from snapkit.catalog import Catalog
 
-        return Catalog(self.store.backend)
+        return Catalog(self.unlocked_store())
+
+    def scratch_base(self) -> Path:
+        """Where private scratch folders go: beside the work tree's git data, never in the store."""
+        return self.git.snapkit_dir() / "tmp"
 
     def tmp_dir(self) -> Path:
-        path = self.store.backend.mkdir("tmp")
-        return path
+        """This process's private scratch folder (0700, removed at exit; docs/format.md)."""
+        from snapkit import scratch
+
+        return scratch.private_dir(self.scratch_base())
 
     def engine(self, url: str | None = None, timeout: float | None = None):
         from snapkit.engines import open_engine

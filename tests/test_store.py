@@ -1,4 +1,4 @@
-"""Unit tests of the store, in-process: chunkers, crypto, key slots, backend, locks, repository, catalog."""
+"""Unit tests of the store, in-process: chunkers, crypto, backend, repository, catalog."""
 
 from __future__ import annotations
 
@@ -6,22 +6,18 @@ import hashlib
 import json
 import os
 import random
-import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from snapkit.catalog import Catalog
-from snapkit.errors import IntegrityError, KeyAccessError, LockedError, StoreFormatError
+from snapkit.errors import IntegrityError, StoreFormatError
 from snapkit.store import backend as backend_mod
 from snapkit.store import crypto, keys, objects
 from snapkit.store.backend import LocalBackend
 from snapkit.store.chunker import make_chunker
-from snapkit.store.lock import StoreLock, break_locks, read_locks
 from snapkit.store.repository import Store
 
 
@@ -168,85 +164,6 @@ def test_keys_repr_does_not_leak():
     assert "hunter2-secret" not in repr(src) and "hunter2-secret" not in str(src)
 
 
-# ---------------------------------------------------------------------------- key slots
-
-
-@pytest.fixture
-def slot_store(tmp_path):
-    be = LocalBackend(tmp_path / "store")
-    be.mkdir()
-    be.mkdir("keys")
-    master = crypto.random_key()
-    key_path = tmp_path / "cfg" / "store.key"
-    secret = keys.write_key_file(key_path)
-    kf_slot = keys.add_slot(be, master, "keyfile", secret)
-    pw_slot = keys.add_slot(be, master, "passphrase", "correct horse")
-    return be, master, key_path, kf_slot, pw_slot
-
-
-def test_key_file_and_passphrase_slots_open_the_same_master(slot_store):
-    be, master, key_path, kf_slot, pw_slot = slot_store
-    assert keys.open_master(be, keys.KeySource(key_file=key_path)) == master
-    assert keys.open_master(be, keys.KeySource(passphrase="correct horse")) == master
-    assert keys.open_master(be, keys.KeySource(key_file=key_path, passphrase="wrong")) == master
-    # The key file is private, and the slots do not hold the master or the passphrase in clear.
-    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
-    for name in be.list("keys"):
-        text = be.get(name).decode()
-        assert master.hex() not in text and "correct horse" not in text
-        assert master not in be.get(name)
-
-
-def test_wrong_passphrase_or_key_file_is_a_key_access_error(slot_store, tmp_path):
-    be, _master, _key_path, _k, _p = slot_store
-    with pytest.raises(KeyAccessError) as exc:
-        keys.open_master(be, keys.KeySource(passphrase="wrong horse"))
-    assert exc.value.exit_code == 1
-    assert "wrong horse" not in exc.value.message
-    other = tmp_path / "other.key"
-    keys.write_key_file(other)
-    with pytest.raises(KeyAccessError):
-        keys.open_master(be, keys.KeySource(key_file=other))
-    with pytest.raises(KeyAccessError):
-        keys.open_master(be, keys.KeySource())
-    with pytest.raises(KeyAccessError):
-        keys.open_master(be, keys.KeySource(key_file=tmp_path / "missing.key"))
-
-
-def _damage_wrapped(be: LocalBackend, slot_id: str) -> None:
-    name = f"keys/{slot_id}.json"
-    slot = json.loads(be.get(name))
-    w = slot["wrapped"]
-    mid = len(w) // 2
-    slot["wrapped"] = w[:mid] + ("A" if w[mid] != "A" else "B") + w[mid + 1 :]
-    be.put(name, json.dumps(slot, indent=1).encode())
-
-
-def test_damaged_slot_is_an_integrity_error_not_a_wrong_key(slot_store):
-    be, master, key_path, kf_slot, pw_slot = slot_store
-    _damage_wrapped(be, kf_slot)
-    slots, damaged = keys.read_slots(be)
-    assert damaged == [f"keys/{kf_slot}.json"]
-    # The passphrase slot is intact and still opens the store.
-    assert keys.open_master(be, keys.KeySource(passphrase="correct horse")) == master
-    # Only the damaged slot could open it for a key file: integrity problem (exit 3), naming the slot.
-    with pytest.raises(IntegrityError) as exc:
-        keys.open_master(be, keys.KeySource(key_file=key_path))
-    assert kf_slot in exc.value.message and exc.value.exit_code == 3
-    _damage_wrapped(be, pw_slot)
-    with pytest.raises(IntegrityError) as exc:
-        keys.open_master(be, keys.KeySource(passphrase="correct horse"))
-    assert pw_slot in exc.value.message and "wrong" not in exc.value.message.lower()
-
-
-def test_slot_with_invalid_json_is_damaged(slot_store):
-    be, master, key_path, kf_slot, pw_slot = slot_store
-    (be.root / "keys" / f"{pw_slot}.json").write_text('{"format": 1, "id": ')
-    assert keys.read_slots(be)[1] == [f"keys/{pw_slot}.json"]
-    assert keys.open_master(be, keys.KeySource(key_file=key_path)) == master
-
-
 # ---------------------------------------------------------------------------- backend
 
 
@@ -257,163 +174,6 @@ def umask_022():
         yield
     finally:
         os.umask(old)
-
-
-@pytest.mark.parametrize("mask", [0o022, 0o000])
-def test_backend_put_is_private_and_leaves_no_temp_files(tmp_path, mask):
-    old = os.umask(mask)
-    try:
-        be = LocalBackend(tmp_path / "store")
-        be.mkdir()
-        be.mkdir("packs")
-        be.put("packs/ab/abcdef", b"one")
-        be.put("packs/ab/abcdef", b"two")
-        be.put("config", b"{}")
-        be.put_new("manifests/x", b"m")
-    finally:
-        os.umask(old)
-    assert be.get("packs/ab/abcdef") == b"two"
-    for p in [be.root, *store_files(be.root)]:
-        mode = stat.S_IMODE(p.stat().st_mode)
-        assert mode == (0o700 if p.is_dir() else 0o600), f"{p}: {oct(mode)}"
-        assert not p.name.startswith(".tmp-"), p
-    assert be.list("packs/ab") == ["packs/ab/abcdef"]
-
-
-def test_backend_put_of_nested_name_creates_private_intermediate_folders(tmp_path, umask_022):
-    be = LocalBackend(tmp_path / "store")
-    be.put("packs/ab/abcdef", b"one")
-    for p in [be.root, be.root / "packs", be.root / "packs" / "ab"]:
-        assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
-
-
-def test_backend_put_failure_keeps_old_object_and_no_temp(tmp_path, monkeypatch, umask_022):
-    be = LocalBackend(tmp_path / "store")
-    be.mkdir()
-    be.put("index/a", b"old contents")
-
-    def boom(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(backend_mod.os, "fsync", boom)
-    with pytest.raises(OSError):
-        be.put("index/a", b"new contents that never land")
-    with pytest.raises(OSError):
-        be.put_new("index/b", b"new")
-    monkeypatch.undo()
-    assert be.get("index/a") == b"old contents"
-    assert not be.exists("index/b")
-    assert [p.name for p in store_files(be.root) if p.is_file()] == ["a"]
-
-
-def test_backend_put_new_refuses_existing(tmp_path, umask_022):
-    be = LocalBackend(tmp_path / "store")
-    be.mkdir()
-    be.put_new("manifests/s1", b"first")
-    with pytest.raises(FileExistsError):
-        be.put_new("manifests/s1", b"second")
-    assert be.get("manifests/s1") == b"first"
-    assert [p.name for p in store_files(be.root) if p.is_file()] == ["s1"]
-    with pytest.raises(FileNotFoundError):
-        be.get("manifests/none")
-    be.delete("manifests/none")  # idempotent
-    be.delete("manifests/s1")
-    be.delete("manifests/s1")
-    assert be.list("manifests") == []
-    assert be.list("no-such-folder") == []
-
-
-def test_backend_list_skips_temp_files(tmp_path):
-    be = LocalBackend(tmp_path / "store")
-    be.put("index/a", b"1")
-    (be.root / "index" / ".tmp-123-abcd-b").write_bytes(b"partial")
-    assert be.list("index") == ["index/a"]
-
-
-# ---------------------------------------------------------------------------- locks
-
-
-@pytest.fixture
-def lock_backend(tmp_path):
-    be = LocalBackend(tmp_path / "store")
-    be.mkdir()
-    be.mkdir("locks")
-    return be
-
-
-def _write_lock(be: LocalBackend, host: str, pid: int, exclusive: bool, start=None) -> str:
-    name = f"locks/{host}-{pid}-deadbeef.json"
-    be.put(name, json.dumps({"host": host, "pid": pid, "exclusive": exclusive,
-                             "created": time.time() - 100, "start": start}).encode())
-    return name
-
-
-def test_shared_locks_coexist_and_release(lock_backend):
-    a = StoreLock(lock_backend, exclusive=False, timeout=1)
-    b = StoreLock(lock_backend, exclusive=False, timeout=1)
-    with a, b:
-        assert len(lock_backend.list("locks")) == 2
-    assert lock_backend.list("locks") == []
-
-
-def test_exclusive_blocks_shared_and_shared_blocks_exclusive(lock_backend):
-    host = socket.gethostname()
-    with StoreLock(lock_backend, exclusive=True, timeout=1):
-        t0 = time.monotonic()
-        with pytest.raises(LockedError) as exc:
-            StoreLock(lock_backend, exclusive=False, timeout=0.4).acquire()
-        elapsed = time.monotonic() - t0
-        assert 0.3 <= elapsed < 3
-        assert str(os.getpid()) in exc.value.message and host in exc.value.message
-        assert "exclusive" in exc.value.message
-        assert len(lock_backend.list("locks")) == 1  # the loser left nothing behind
-    with StoreLock(lock_backend, exclusive=False, timeout=1):
-        with pytest.raises(LockedError) as exc:
-            StoreLock(lock_backend, exclusive=True, timeout=0.2).acquire()
-        assert str(os.getpid()) in exc.value.message
-    assert lock_backend.list("locks") == []
-
-
-def test_lock_waits_for_the_holder_to_go(lock_backend):
-    holder = StoreLock(lock_backend, exclusive=True)
-    holder.acquire()
-    import threading
-
-    threading.Timer(0.3, holder.release).start()
-    t0 = time.monotonic()
-    with StoreLock(lock_backend, exclusive=True, timeout=5):
-        assert time.monotonic() - t0 >= 0.25
-
-
-def test_lock_of_dead_local_process_is_broken_automatically(lock_backend):
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(proc.stdout)
-    stale = _write_lock(lock_backend, socket.gethostname(), dead_pid, exclusive=True)
-    t0 = time.monotonic()
-    with StoreLock(lock_backend, exclusive=True, timeout=5):
-        assert time.monotonic() - t0 < 1
-        assert not lock_backend.exists(stale)
-
-
-def test_lock_of_reused_pid_is_stale(lock_backend):
-    # Our own pid, but a different process start time: the pid was reused, the owner is dead.
-    stale = _write_lock(lock_backend, socket.gethostname(), os.getpid(), exclusive=True, start="1")
-    with StoreLock(lock_backend, exclusive=False, timeout=2):
-        assert not lock_backend.exists(stale)
-
-
-def test_lock_from_another_host_is_reported_and_unlock_breaks_it(lock_backend):
-    other = _write_lock(lock_backend, "build-server-7.example", 4242, exclusive=True)
-    with pytest.raises(LockedError) as exc:
-        StoreLock(lock_backend, exclusive=False, timeout=0.2).acquire()
-    assert "build-server-7.example" in exc.value.message and "4242" in exc.value.message
-    assert lock_backend.exists(other)  # never broken automatically: we cannot know it is dead
-    assert [i.host for i in read_locks(lock_backend)] == ["build-server-7.example"]
-    removed = break_locks(lock_backend)
-    assert [(i.host, i.pid) for i in removed] == [("build-server-7.example", 4242)]
-    assert lock_backend.list("locks") == []
-    with StoreLock(lock_backend, exclusive=True, timeout=1):
-        pass
 
 
 # ---------------------------------------------------------------------------- repository

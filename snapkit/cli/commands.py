@@ -21,6 +21,14 @@ app = typer.Typer(
 )
 hook_app = typer.Typer(help="Manage the post-commit hook that snapshots every commit.", no_args_is_help=True)
 app.add_typer(hook_app, name="hook")
+# `snapkit key …` lives in its own module; it imports only typer and render (start-up time).
+from snapkit.cli.key_cmd import key_app
+from snapkit.cli.store_cmd import migrate as _migrate
+from snapkit.cli.store_cmd import repair_app
+
+app.add_typer(key_app, name="key")
+app.add_typer(repair_app, name="repair")
+app.command("migrate")(_migrate)
 
 JSON = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
@@ -323,14 +331,34 @@ def untag(ref: Annotated[str, typer.Argument(help="Snapshot reference.")],
 
 
 @app.command()
-def unlock(json_: JSON = False):
-    """Remove every lock on the store (e.g. one left by a crashed process on another host)."""
-    from snapkit.store.lock import break_locks
+def unlock(
+    force: Annotated[bool, typer.Option("--force", help="Remove live locks too: only when you are sure "
+                                                        "their holders are dead.")] = False,
+    json_: JSON = False,
+):
+    """Remove stale locks on the store; with --force, every lock."""
+    from snapkit.store.lock import break_locks, read_locks
 
-    removed = break_locks(_project().store.backend)
+    store = _project().store
+    backend = store.backend
+    if type(backend).__module__ == "snapkit.store.backend":
+        # The old backend lists plain names; until the store opens the new one, use it here.
+        from snapkit.backends.local import LocalBackend
+
+        backend = LocalBackend(store.path)
+    removed = break_locks(backend, force=force)
+    live = [] if force else [i for i in read_locks(backend) if not i.stale]
     if json_:
-        return render.emit_json({"removed": [r.describe() for r in removed]})
-    render.console(stderr=True).print(f"removed {len(removed)} lock(s)")
+        return render.emit_json({"removed": [r.describe() for r in removed],
+                                 "live": [i.describe() for i in live]})
+    out = render.console(stderr=True)
+    out.print(f"removed {len(removed)} lock(s)" + (", live ones included (--force)" if force and removed else ""))
+    if live:
+        out.print(f"{len(live)} live lock(s) kept:")
+        for info in live:
+            out.print(f"  {info.describe()}")
+        out.print("hint: they belong to running snapkit processes, or to processes elsewhere whose lease has "
+                  "not expired yet; use --force only when you are sure their holders are dead")
 
 
 @hook_app.command("install")

@@ -57,10 +57,10 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
         warnings.append("work tree has uncommitted changes; the snapshot records HEAD's code")
     engine.check()
     tmp = project.tmp_dir()
-    with store.lock(exclusive=False, timeout=lock_timeout):
-        from snapkit.store.repository import remove_stale_temp
-
-        remove_stale_temp(store.backend)
+    with store.lock(exclusive=False, timeout=lock_timeout, command="create") as lease:
+        sweep = getattr(store.backend, "sweep_temps", None)
+        if sweep is not None:
+            sweep()  # a local store's temp files left by a put that was killed
         with store.writer() as writer:  # a failure drops its temp packs
             previous = _previous(project, store)
             with engine.dump(tmp) as dump:
@@ -98,7 +98,7 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
                 seq = sum(1 for i in existing if i.startswith(prefix)) + attempt
                 return snapshot_id(now, head.short, seq)
 
-            sid = writer.commit(make_id, meta)
+            sid, digest = writer.commit(make_id, meta)
             layers = {name: r.as_meta() for name, r in writer.layers.items()}
             entry = {
                 "id": sid, "commit": head.id, "branch": meta["branch"], "message": meta["message"],
@@ -110,7 +110,8 @@ def create(project, message: str | None = None, *, no_commit: bool = False, tags
                            for n, v in layers.items()},
             }
             repo.keep_ref(sid, head.id)  # before visibility: a visible snapshot's commit is never GC'd
-            project.catalog.write(entry, store.keys)  # the snapshot becomes visible here
+            lease.check()  # a lease broken meanwhile (unlock --force, expiry) must not publish
+            project.catalog.add(entry, digest)  # the snapshot becomes visible here
     if not safety:
         state.record(project, sid, head.id, "created")
     return CreateResult(
@@ -168,12 +169,13 @@ def _previous(project, store):
     """The env's newest snapshot's manifest: delta chunks are made against its layers."""
     from snapkit.errors import IntegrityError
 
-    for entry in reversed(project.catalog.entries()):
+    catalog = project.catalog
+    for entry in reversed(catalog.entries()):
         if entry.get("env") == project.env:
             try:
-                return store.load_manifest(entry["id"])
+                return store.load_manifest(entry["id"], catalog.manifest_digest(entry["id"]))
             except IntegrityError:
-                continue
+                continue  # only costs dedup: a fresh full layer instead of deltas
     return None
 
 

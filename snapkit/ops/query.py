@@ -10,7 +10,7 @@ LAYERS = ("database", "files", "code")
 
 def list_snapshots(project, n: int | None = None, commit: str | None = None, tag: str | None = None,
                    env: str | None = None, all_envs: bool = False) -> list[dict]:
-    """Catalog entries, newest first. Needs no key: the catalog is readable without one."""
+    """Catalog entries, newest first (the catalog is sealed: this needs the key)."""
     entries = project.catalog.entries()
     if commit:
         full = project.git.resolve(commit)
@@ -29,8 +29,8 @@ def show(project, ref: str) -> dict:
     """The whole metadata (SPEC §5), with the catalog's current tags and pin."""
     entry = resolve(project, ref)
     store = project.unlocked_store()
-    entry = project.catalog.authenticated(entry["id"], store.keys)
-    manifest = store.load_manifest(entry["id"])
+    with store.lock(exclusive=False, command="show"):
+        manifest = load_checked(project, entry)
     meta = dict(manifest.meta)
     meta["tags"] = entry.get("tags", [])
     meta["pinned"] = entry.get("pinned", False)
@@ -44,33 +44,48 @@ def cat(project, ref: str, layer: str, out) -> int:
         raise UsageError(f"unknown layer {layer!r}", hint="use database, files or code")
     entry = resolve(project, ref)
     store = project.unlocked_store()
-    project.catalog.authenticated(entry["id"], store.keys)
-    manifest = store.load_manifest(entry["id"])
-    if layer not in manifest.layers:
-        raise SnapkitError(f"snapshot {entry['id']} has no {layer} layer")
     n = 0
-    for data in store.read_layer(manifest, layer):
-        out.write(data)
-        n += len(data)
+    with store.lock(exclusive=False, command="cat"):
+        manifest = load_checked(project, entry)
+        if layer not in manifest.layers:
+            raise SnapkitError(f"snapshot {entry['id']} has no {layer} layer")
+        for data in store.read_layer(manifest, layer):
+            out.write(data)
+            n += len(data)
     return n
+
+
+def load_checked(project, entry: dict):
+    """The snapshot's manifest, bound to its catalog entry: the very manifest the
+    entry names (by digest), of the same snapshot and commit. IntegrityError otherwise."""
+    from snapkit.errors import IntegrityError
+
+    store = project.unlocked_store()
+    sid = entry["id"]
+    manifest = store.load_manifest(sid, project.catalog.manifest_digest(sid))
+    if manifest.meta.get("commit") != entry.get("commit"):
+        raise IntegrityError(f"snapshot {sid}: catalog entry and manifest name different commits")
+    return manifest
 
 
 def mark(project, ref: str, *, pin: bool | None = None, add_tag: str | None = None,
          remove_tag: str | None = None) -> dict:
     """Change a snapshot's pin or tags (catalog entry rewritten, re-authenticated). Idempotent."""
     entry = resolve(project, ref)
+    if add_tag is not None and (not add_tag.strip() or any(c.isspace() for c in add_tag)):
+        raise UsageError(f"invalid tag {add_tag!r}", hint="tags are single words")
     store = project.unlocked_store()
-    with store.lock(exclusive=False):
-        entry = dict(project.catalog.authenticated(entry["id"], store.keys))
-        tags = set(entry.get("tags", []))
+
+    def change(e: dict) -> dict:
+        tags = set(e.get("tags", []))
         if add_tag:
-            if not add_tag.strip() or any(c.isspace() for c in add_tag):
-                raise UsageError(f"invalid tag {add_tag!r}", hint="tags are single words")
             tags.add(add_tag)
         if remove_tag:
             tags.discard(remove_tag)
-        entry["tags"] = sorted(tags)
+        e["tags"] = sorted(tags)
         if pin is not None:
-            entry["pinned"] = pin
-        project.catalog.write(entry, store.keys)
-    return entry
+            e["pinned"] = pin
+        return e
+
+    with store.lock(exclusive=False, command="tag"):
+        return project.catalog.update(entry["id"], change)

@@ -94,15 +94,18 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
     """
     from snapkit.errors import Aborted
 
-    if dry_run:
-        project.catalog.write_cache = False  # a dry run writes nothing, not even a cache
+    from snapkit.ops.query import load_checked
+
     entry = entry or resolve(project, ref)
     layers = _layers(db_only, code_only)
+    store = project.unlocked_store()
+    # The manifest is the authority on what the snapshot holds: the entry that led
+    # here must name it (digest) and the same commit, or nothing is changed.
+    with store.lock(exclusive=False, command="restore"):
+        manifest = load_checked(project, entry)
     snapshot_state = None
     if db_only and not to_url:
-        store = project.unlocked_store()
-        project.catalog.authenticated(entry["id"], store.keys)
-        snapshot_state = store.load_manifest(entry["id"]).meta.get("database", {}).get("migration_state")
+        snapshot_state = manifest.meta.get("database", {}).get("migration_state")
     the_plan = plan(project, entry, layers=layers, detach=detach, to_url=to_url, force=force,
                     no_safety=no_safety, snapshot_state=snapshot_state)
     if the_plan.schema in ("newer", "diverged") and not force and not dry_run:
@@ -118,9 +121,6 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
         return RestoreResult(plan=the_plan, dry_run=True)
     if confirm is not None and not confirm(the_plan):
         raise Aborted("restore cancelled; nothing was changed")
-    store = project.unlocked_store()
-    project.catalog.authenticated(entry["id"], store.keys)
-    manifest = store.load_manifest(entry["id"])
     safety_id = None
     restored = []
     if "database" in the_plan.layers:
@@ -134,14 +134,14 @@ def restore(project, ref: str, *, db_only: bool = False, code_only: bool = False
         from snapkit.ops.create import track
 
         engine = project.engine(to_url)
-        with store.lock(exclusive=False):
+        with store.lock(exclusive=False, command="restore"):
             stream = track(store.read_layer(manifest, "database"),
                            manifest.layers["database"]["logical_bytes"], progress)
             engine.restore(stream, project.tmp_dir())
         restored.append("database")
     if "code" in the_plan.layers:
         try:
-            project.git.checkout(entry["commit"], detach=detach, force=force)
+            project.git.checkout(manifest.meta["commit"], detach=detach, force=force)
         except BaseException:
             if safety_id:
                 _put_back(project, store, safety_id)
@@ -167,7 +167,8 @@ def _check_engine(project, manifest, to_url) -> None:
 
 
 def _put_back(project, store, safety_id: str) -> None:
-    manifest = store.load_manifest(safety_id)
+    project.catalog.refresh()  # the safety snapshot was added after the catalog was read
+    manifest = store.load_manifest(safety_id, project.catalog.manifest_digest(safety_id))
     project.engine().restore(store.read_layer(manifest, "database"), project.tmp_dir())
 
 
@@ -193,6 +194,9 @@ def rollback_target(project, steps: int) -> dict:
     if target < 0:
         raise RefNotFound(f"cannot roll back {steps} step(s): only {anchor} older snapshot(s) "
                           f"in environment {project.env!r}")
+    from snapkit.ops.resolve import _no_damage_after
+
+    _no_damage_after(project.catalog, timeline[target]["id"], f"rollback {steps}")
     return timeline[target]
 
 

@@ -1,4 +1,4 @@
-"""`snapkit status`: is this project's data protected right now? Needs no key."""
+"""`snapkit status`: is this project's data protected right now?"""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def _age(created_at: str) -> float:
 
 
 def status(project) -> StatusResult:
-    store = project.store
+    """Needs the key: the catalog is sealed (docs/format.md, "Threat model")."""
+    store = project.unlocked_store()
     entries = project.catalog.entries()
     plain = [e for e in entries if not e.get("safety")]
     newest = plain[-1] if plain else None

@@ -2,14 +2,12 @@
 
 A store has one random 256-bit master key. Key slots wrap it under a key
 encryption key (KEK) that comes from a key file's secret (HKDF) or from a
-passphrase (scrypt). From the master key HKDF derives three subkeys:
-
-- `enc`: AES-256-GCM for every stored object (random 96-bit nonce per seal),
-- `id`:  HMAC-SHA256 key for chunk ids, so ids do not reveal plaintext hashes,
-- `mac`: HMAC-SHA256 key that authenticates plaintext catalog entries.
-
-`seal(aad, plaintext)` / `open(aad, blob)` bind each ciphertext to the name of
-the object it lives in (associated data), so a blob moved elsewhere fails.
+passphrase (scrypt). HKDF derives the subkeys of `Keys` from the master key;
+every stored object is sealed with AES-256-GCM under a random key of its own
+(an `ObjectKey`), which its header carries wrapped under a subkey: so a later
+write-only mode can wrap object keys for public-key recipients instead
+(docs/format.md, "Keys"). Sealing binds each ciphertext to where it belongs
+(associated data), so a blob moved elsewhere fails.
 """
 
 from __future__ import annotations
@@ -28,6 +26,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 NONCE_BYTES = 12
 TAG_BYTES = 16
 KEY_BYTES = 32
+KEY_ID_BYTES = 8
+WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + TAG_BYTES  # an object key sealed under a subkey
 
 # scrypt cost for passphrases: n=2**17, r=8 takes ~0.3 s and 128 MiB (OWASP's
 # 2023 floor is n=2**17). Tests lower it through `set_kdf_cost` (one fixture).
@@ -82,11 +82,24 @@ def sha256(data: bytes) -> bytes:
 
 @dataclass(frozen=True, eq=False)
 class Keys:
-    """Subkeys of an opened store. Never logged, never in metadata."""
+    """Subkeys of an opened store (docs/format.md, "Keys"). Never logged, never in metadata.
 
-    enc: bytes
+    - `id`: HMAC-SHA256 key for chunk ids (the same derivation as format 1, so
+      the ids of chunks stored by format 1 stay valid after `snapkit migrate`);
+    - `data`: wraps each writer's random data key (in every pack header);
+    - `meta`: wraps the random key of each index, manifest and catalog object;
+    - `cache`: authenticates the local caches (catalog, index) outside the store;
+    - `legacy_enc`, `legacy_mac`: format 1's object and catalog keys, read-only.
+    `key_id` (8 bytes) names the master key in every object header.
+    """
+
     id: bytes
-    mac: bytes
+    data: bytes
+    meta: bytes
+    cache: bytes
+    key_id: bytes
+    legacy_enc: bytes
+    legacy_mac: bytes
 
     def __repr__(self) -> str:  # keep keys out of tracebacks and logs
         return "Keys(<redacted>)"
@@ -94,27 +107,93 @@ class Keys:
     @classmethod
     def from_master(cls, master: bytes) -> Keys:
         return cls(
-            enc=_hkdf(master, b"snapkit enc"),
             id=_hkdf(master, b"snapkit chunk-id"),
-            mac=_hkdf(master, b"snapkit catalog-mac"),
+            data=_hkdf(master, b"snapkit v2 data-wrap"),
+            meta=_hkdf(master, b"snapkit v2 meta-wrap"),
+            cache=_hkdf(master, b"snapkit v2 local-cache"),
+            key_id=_hkdf(master, b"snapkit v2 key-id")[:KEY_ID_BYTES],
+            legacy_enc=_hkdf(master, b"snapkit enc"),
+            legacy_mac=_hkdf(master, b"snapkit catalog-mac"),
         )
 
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
         return hmac.digest(self.id, plaintext, "sha256")
 
-    def mac_of(self, data: bytes) -> bytes:
-        return hmac.digest(self.mac, data, "sha256")
+    def cache_mac(self, data: bytes | memoryview) -> bytes:
+        return hmac.digest(self.cache, data, "sha256")
+
+    def new_object_key(self) -> ObjectKey:
+        """A fresh random key for one object (or one writer's packs)."""
+        return ObjectKey(random_key())
+
+    def wrap_object_key(self, purpose: str, key: ObjectKey, aad: bytes) -> bytes:
+        """The object key sealed under the `data` or `meta` subkey: WRAPPED_BYTES."""
+        return _seal(self._wrapping(purpose), aad, key.secret)
+
+    def open_object_key(self, purpose: str, wrapped: bytes | memoryview, aad: bytes) -> ObjectKey:
+        """Raises AuthenticationFailed for a wrapped key that is damaged or not ours."""
+        secret = _open(self._wrapping(purpose), aad, wrapped)
+        if len(secret) != KEY_BYTES:
+            raise AuthenticationFailed("object key has the wrong length")
+        return ObjectKey(secret)
+
+    def _wrapping(self, purpose: str) -> bytes:
+        return {"data": self.data, "meta": self.meta}[purpose]
+
+    def legacy_open(self, aad: bytes, blob: bytes | memoryview) -> bytes:
+        """Open a format-1 object or chunk (sealed under the old `enc` subkey)."""
+        return _open(self.legacy_enc, aad, blob)
+
+    def legacy_seal(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+        """Format-1 sealing; only tests that build format-1 stores use it."""
+        return _seal(self.legacy_enc, aad, plaintext)
+
+    def legacy_catalog_mac(self, data: bytes) -> bytes:
+        return hmac.digest(self.legacy_mac, data, "sha256")
+
+    def seal_local(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+        """Seal a local cache file (under the `cache` subkey)."""
+        return _seal(self.cache, aad, plaintext)
+
+    def open_local(self, aad: bytes, blob: bytes | memoryview) -> bytes:
+        return _open(self.cache, aad, blob)
+
+
+class ObjectKey:
+    """A random AES-256-GCM key for one object, or for all packs of one writer."""
+
+    __slots__ = ("_aead", "secret")
+
+    def __init__(self, secret: bytes):
+        self.secret = secret
+        self._aead = AESGCM(secret)
+
+    def __repr__(self) -> str:
+        return "ObjectKey(<redacted>)"
 
     def seal(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + _aead(self.enc).encrypt(nonce, plaintext, aad)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, aad: bytes, blob: bytes | memoryview) -> bytes:
         blob = memoryview(blob)
         try:
-            return _aead(self.enc).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag as exc:
             raise AuthenticationFailed("authentication failed") from exc
+
+
+def _seal(key: bytes, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + _aead(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, aad: bytes, blob: bytes | memoryview) -> bytes:
+    blob = memoryview(blob)
+    try:
+        return _aead(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except InvalidTag as exc:
+        raise AuthenticationFailed("authentication failed") from exc
 
 
 _AEADS: dict[bytes, AESGCM] = {}

@@ -1,0 +1,1 @@
+"""Byte stores a snapkit store sits on: the `Backend` protocol and its implementations."""
