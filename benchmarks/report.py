@@ -100,6 +100,13 @@ def markdown(r: dict) -> str:
         if pg.get("history_over_dumps") is not None:
             lines += [f"| PostgreSQL: {pg['changes']}-change history ≤ 0.1× {pg['changes']} `pg_dump -Fc` files | "
                       f"{pg['history_over_dumps']:.3f}× | {'yes' if pg['history_over_dumps'] <= 0.1 else '**no**'} |"]
+    big = r.get("big_index")
+    if big:
+        ok = big["warm_s_median"] < 1.0 and big["warm_rss_mb_max"] <= 120
+        lines += [f"| open + `create` of an unchanged database, store of {big['chunks']:,} chunks: < 1 s, "
+                  f"≤ 120 MB | {big['warm_s_median']:.2f} s, {big['warm_rss_mb_max']:.0f} MB "
+                  f"(first on a new machine: {big['create_cold']['wall_s']:.2f} s, "
+                  f"{big['create_cold']['rss_mb']:.0f} MB) | {'yes' if ok else '**no**'} |"]
     w = sorted(c["list_warm_s"])[len(c["list_warm_s"]) // 2]
     lines += ["", f"`snapkit list` with {c['snapshots']} snapshots: {c['list_cold']['wall_s']:.2f} s cold "
               f"(builds the catalog cache), {w:.2f} s warm.", ""]

@@ -276,11 +276,11 @@ from snapkit.project import Project
 p = Project.open({str(app)!r})
 store = p.unlocked_store()
 for i in range({n}):
-    p.catalog.write({{"id": f"20260101T{{i // 3600 % 24:02d}}{{i // 60 % 60:02d}}{{i % 60:02d}}Z{{i // 86400:02d}}-abcdef0",
+    p.catalog.add({{"id": f"20260101T{{i // 3600 % 24:02d}}{{i // 60 % 60:02d}}{{i % 60:02d}}Z{{i // 86400:02d}}-abcdef0",
                      "commit": "abcdef0" * 5 + "abcde", "branch": "main", "message": f"snapshot {{i}}",
                      "created_at": "2026-01-01T00:00:00Z", "env": "default", "tags": [], "pinned": False,
                      "safety": False, "dirty": False, "engine": "sqlite", "logical_bytes": 1, "stored_bytes": 1,
-                     "layers": {{}}}}, store.keys)
+                     "layers": {{}}}}, "0" * 64)
 """
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     cold = measure([sys.executable, "-m", "snapkit", "list", "-n", "20"], app, env)
@@ -289,6 +289,49 @@ for i in range({n}):
     shutil.rmtree(app)
     return {"snapshots": n, "list_cold": cold, "list_warm_s": [w["wall_s"] for w in warm],
             "version_s": [v["wall_s"] for v in version]}
+
+
+def big_index(work: Path, env: dict, chunks: int, db_mb: float) -> dict:
+    """Open + `create` of an unchanged database on a store whose index holds `chunks` chunks.
+
+    The store gets one real snapshot, then index objects of random records
+    (as if many other snapshots had been made) written through the store's
+    own code. The first create after that builds the local index cache (a
+    new machine); the next ones find it up to date (every hook run).
+    """
+    app = work / "bigindex"
+    app.mkdir()
+    g = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    subprocess.run(["git", "init", "-q"], cwd=app, check=True)
+    (app / ".gitignore").write_text("app.db\n")
+    workload.create(app / "app.db", db_mb)
+    subprocess.run([sys.executable, "-m", "snapkit", "init", "--db", "sqlite:///app.db"], cwd=app, env=env,
+                   check=True, capture_output=True)
+    subprocess.run([*g, "add", "-A"], cwd=app, check=True)
+    subprocess.run([*g, "commit", "-qm", "init"], cwd=app, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "snapkit", "create", "--no-commit"], cwd=app, env=env, check=True,
+                   capture_output=True)
+    code = f"""
+import os
+from snapkit.project import Project
+from snapkit.store.index import pack_record, sort_records
+store = Project.open({str(app)!r}).unlocked_store()
+left = {chunks}
+while left:
+    n = min(left, 200_000)
+    recs = b"".join(pack_record(os.urandom(32), os.urandom(16), 75, 20000, 65536, 0, None) for _ in range(n))
+    name = "index/" + os.urandom(16).hex()
+    store.backend.put_new(name, store.seal_index(name, sort_records(recs)))
+    left -= n
+"""
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    argv = [sys.executable, "-m", "snapkit", "create", "--no-commit"]
+    cold = measure(argv, app, env)
+    warm = [measure(argv, app, env) for _ in range(3)]
+    shutil.rmtree(app)
+    return {"chunks": chunks, "db_mb": db_mb, "create_cold": cold, "create_warm": warm,
+            "warm_s_median": statistics.median(w["wall_s"] for w in warm),
+            "warm_rss_mb_max": max(w["rss_mb"] for w in warm)}
 
 
 def summarize(runs: list[dict], peers: list[str]) -> dict:
@@ -352,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-gib", default="1,4", help="database sizes for the peak-RSS scenario ('' skips it)")
     ap.add_argument("--pg-size-mb", type=float, default=None,
                     help="SQLite-equivalent size of the PostgreSQL workload (0 skips it)")
+    ap.add_argument("--index-chunks", type=int, default=None,
+                    help="chunks in the index for the big-store scenario (0 skips it)")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--no-report", action="store_true")
@@ -366,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="snapkit-bench-", dir=a.work))
     env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "BORG_PASSPHRASE": PASSWORD,
            "HOME": str(work / "home"), "XDG_CONFIG_HOME": str(work / "home" / ".config"),
+           "XDG_CACHE_HOME": str(work / "home" / ".cache"),
            "BORG_BASE_DIR": str(work / "borg"), "RESTIC_CACHE_DIR": str(work / "restic-cache"),
            "PYTHONPATH": str(ROOT), "GIT_CONFIG_NOSYSTEM": "1"}
     (work / "home").mkdir()
@@ -387,12 +433,17 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] hook and catalog", file=sys.stderr)
         hook = hook_overhead(work, env, 2 if a.smoke else 20, 3 if a.smoke else 5)
         catalog = catalog_speed(work, env, catalog_n)
+        n_index = a.index_chunks if a.index_chunks is not None else (50_000 if a.smoke else 1_000_000)
+        bigindex = None
+        if n_index:
+            print(f"[bench] open + create on a store of {n_index} chunks", file=sys.stderr)
+            bigindex = big_index(work, env, n_index, 2 if a.smoke else 20)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "smoke": a.smoke, "size_mb": size,
               "reps": reps, "changes": changes, "peers": peers, "machine": _machine(), "runs": runs,
               "summary": summarize(runs, peers), "hook": hook, "catalog": catalog, "postgres": pg,
-              "memory": memory}
+              "memory": memory, "big_index": bigindex}
     out = a.out or ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}{'-smoke' if a.smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -57,7 +57,8 @@ class KeyAccessError(SnapkitError):
 
 
 class LockedError(SnapkitError):
-    hint = "wait for the other snapkit process; if it is dead on another host, run `snapkit unlock`"
+    hint = ("wait for the other snapkit process; a dead one's lease expires by itself "
+            "(`snapkit unlock` lists the locks; `--force` only when you are sure)")
 
 
 class DatabaseError(SnapkitError):

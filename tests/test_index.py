@@ -1,10 +1,11 @@
-"""The chunk index cache (snapkit/store/index.py): records, sync, add, damage, merging, concurrency."""
+"""The chunk index cache (snapkit/store/index.py): records, sync, add, damage, merging."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import random
+import shutil
 import stat
 
 import pytest
@@ -148,7 +149,8 @@ def test_sync_adds_new_drops_removed_and_fetches_nothing_when_unchanged(tmp_path
     with ChunkIndex(folder, KEY) as index:
         fetch = Fetcher(now)
         index.sync(list(now), fetch)
-        assert "index/merged" in fetch.calls and names[1] not in fetch.calls
+        # The one run covered object 1 too: dropped, and what still exists fetched again.
+        assert sorted(fetch.calls) == sorted(now)
         assert_finds(index, now)
         assert_misses(index, {names[1]: objs[names[1]]})
         assert len(index) == sum(len(d) for d in now.values()) // 96
@@ -160,21 +162,39 @@ def test_sync_adds_new_drops_removed_and_fetches_nothing_when_unchanged(tmp_path
         assert len(index) == 0 and run_files(folder) == []
 
 
-def test_fetch_error_propagates_and_keeps_the_cache(tmp_path):
+def test_empty_objects_are_covered_too(tmp_path):
+    objs = objects(2) | {"index/empty": b""}
+    with ChunkIndex(tmp_path / "cache", KEY) as index:
+        index.sync(list(objs), Fetcher(objs))
+        index.add("index/empty2", b"")
+        assert len(index) == 80
+    with ChunkIndex(tmp_path / "cache", KEY) as index:
+        fetch = Fetcher(objs)
+        index.sync(list(objs) + ["index/empty2"], fetch)
+        assert fetch.calls == []
+        assert_finds(index, objs)
+
+
+def test_fetch_error_propagates_and_keeps_what_was_fetched(tmp_path):
     folder = tmp_path / "cache"
-    objs = objects(3)
+    objs = objects(4)
+    a, b, c, d = list(objs)
     with ChunkIndex(folder, KEY) as index:
-        index.sync(list(objs)[:2], Fetcher(objs))
+        index.sync([a], Fetcher(objs))
         bad = dict(objs)
-        name = list(objs)[2]
-        bad[name] = objs[name][96:] + objs[name][:96]  # unsorted
+        bad[c] = objs[c][96:] + objs[c][:96]  # unsorted
         with pytest.raises(ValueError):
-            index.sync(list(objs), Fetcher(bad))
+            index.sync([a, b, c, d], Fetcher(bad))
         with pytest.raises(KeyError):
-            index.sync(list(objs), Fetcher({}))
+            index.sync([a, b, c, d], Fetcher({}))  # nothing fetched twice: c is next
+        fetch = Fetcher(objs)
+        index.sync([a, b, d], fetch)  # the caller retries without the damaged object
+        assert fetch.calls == [d]
+        assert_finds(index, {k: objs[k] for k in (a, b, d)})
+        assert_misses(index, {c: objs[c]})
     with ChunkIndex(folder, KEY) as index:
         fetch = Fetcher(objs)
-        index.sync(list(objs)[:2], fetch)
+        index.sync([a, b, d], fetch)
         assert fetch.calls == []
 
 
@@ -321,6 +341,22 @@ def test_no_folder_or_unwritable_folder_works(tmp_path):
         assert temp.exists() and temp != folder
         index.close()
         assert not temp.exists()
+
+
+def test_cache_folder_failing_later_falls_back_to_a_temp_folder(tmp_path):
+    folder = tmp_path / "cache"
+    objs = objects(3)
+    a, b, c = list(objs)
+    index = ChunkIndex(folder, KEY)
+    index.sync([a, b], Fetcher(objs))
+    shutil.rmtree(folder)
+    folder.write_text("the cache folder is gone")  # nothing can be written there any more
+    index.add(c, objs[c])
+    assert_finds(index, objs)
+    fetch = Fetcher(objs)
+    index.sync([a, b, c], fetch)
+    assert fetch.calls == []
+    index.close()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")

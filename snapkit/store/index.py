@@ -5,8 +5,9 @@ Store index objects (`index/<name>`, authenticated by the store code) each hold
 chunk on every command; `ChunkIndex` instead keeps a local cache of sorted
 *runs* (files: header, fanout table, records, HMAC; layout in index_runs.py),
 verifies each run's HMAC by streaming it once per process, and then serves
-lookups by binary search on an mmap. Opening a 2-million-chunk store costs one
-MAC pass over ~190 MB and a few MB of memory (benchmarks/index_scale.py).
+lookups from a fanout table in memory plus one small pread per run (pread, not
+mmap: see index_runs.Run). Opening a 2-million-chunk store costs one MAC pass
+over ~184 MB and a few MB of memory (benchmarks/index_scale.py).
 
 Contracts:
 - The cache is only ever a copy of the store: anything that fails its MAC, is
@@ -34,9 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapkit.store.index_runs import (ID_BYTES, RECORD_BYTES, Run, RunDamaged, fanout_of,
-                                      merge_blocks, merge_count, read_manifest, records_of,
-                                      sum_fanouts, write_manifest, write_run)
+from snapkit.store.index_runs import (ID_BYTES, RECORD_BYTES, Run, RunDamaged, by_size,
+                                      fanout_of, merge_blocks, merge_count, plan_keep,
+                                      read_manifest, records_of, sum_fanouts, write_manifest,
+                                      write_run)
 
 # chunk id, pack id, offset in pack, stored length, plaintext size, delta depth, pad, base id
 RECORD = struct.Struct(">32s16sIIIBxxx32s")
@@ -117,7 +119,7 @@ def check_records(data: bytes) -> None:
 
 
 class _FetchFailed(Exception):
-    """Carries an exception raised by the caller's `fetch`, so it is never taken for a cache error."""
+    """Wraps an exception from the caller's `fetch`, so it is never taken for a cache error."""
 
 
 class ChunkIndex:
@@ -143,7 +145,7 @@ class ChunkIndex:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
                 if folder.stat().st_mode & 0o077:
                     os.chmod(folder, 0o700)
-                probe = folder / f"probe-{os.getpid()}-{os.urandom(4).hex()}"
+                probe = folder / f"tmp-probe-{os.getpid()}-{os.urandom(4).hex()}"
                 os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 probe.unlink(missing_ok=True)
                 os.close(os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600))
@@ -162,13 +164,15 @@ class ChunkIndex:
         """One location of the chunk (any, if it is duplicated), or None."""
         if len(chunk_id) == ID_BYTES:
             for run in self._runs:
-                off = run.find(chunk_id)
-                if off >= 0:
-                    return unpack_record(run.record(off))[1]
+                rec = run.find(chunk_id)
+                if rec is not None:
+                    return unpack_record(rec)[1]
         return None
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return len(chunk_id) == ID_BYTES and any(run.find(chunk_id) >= 0 for run in self._runs)
+        if len(chunk_id) != ID_BYTES:
+            return False
+        return any(run.find(chunk_id) is not None for run in self._runs)
 
     def __len__(self) -> int:
         """Number of records, duplicate chunk ids included (the sum over the covered objects)."""
@@ -179,7 +183,8 @@ class ChunkIndex:
         view = list(self._runs)
         if len(view) == 1:
             return view[0].records()
-        return (rec for block in merge_blocks([r.records() for r in view]) for rec in records_of(block))
+        blocks = merge_blocks([r.records() for r in view])
+        return (rec for block in blocks for rec in records_of(block))
 
     # ---- updates -------------------------------------------------------------
 
@@ -187,10 +192,12 @@ class ChunkIndex:
         """Make the cache match a store whose index objects are exactly `names`.
 
         `fetch(name)` returns one object's authenticated record bytes; they are
-        checked with `check_records` (its ValueError, like any exception from
-        `fetch`, propagates and leaves the cache as it was). Up to date, this
-        reads and verifies the cache and fetches nothing. `names` is authoritative,
-        also for objects this process added: one not listed is dropped.
+        checked with `check_records`. Its ValueError, like any exception from
+        `fetch`, propagates; the objects fetched before it stay cached, so a
+        caller retrying without the failing object fetches nothing twice. Up to
+        date, this reads and verifies the cache and fetches nothing. `names` is
+        authoritative, also for objects this process added: one not listed is
+        dropped.
         """
         names = list(dict.fromkeys(names))
         _check_names(names)
@@ -199,15 +206,15 @@ class ChunkIndex:
         mine, fetch_store = self._mine, fetch
         fetch = lambda name: mine[name] if name in mine else fetch_store(name)  # noqa: E731
         found, entries = self._load(locked=False)
-        keep = _plan(found, wanted)
+        keep = plan_keep(found, wanted)
         if entries is not None and len(keep) == len(found) == len(entries) \
                 and set().union(*(r.names for r in keep)) == wanted:
-            self._opened, self._runs = {r.file: r for r in keep}, _by_size(keep)
+            self._opened, self._runs = {r.file: r for r in keep}, by_size(keep)
             return
-        self._update(lambda found: self._fetch_missing(_plan(found, wanted), names, fetch))
+        self._update(lambda found: self._fetch_missing(plan_keep(found, wanted), names, fetch))
 
     def add(self, name: str, records: bytes) -> None:
-        """The current process just wrote store index object `name`: make it visible and cache it.
+        """This process just wrote store index object `name`: make it visible, and cache it.
 
         The view becomes the cache's current runs (runs other processes added
         since are picked up; a damaged one is dropped until the next `sync`
@@ -230,7 +237,10 @@ class ChunkIndex:
         self._update(change)
 
     def close(self) -> None:
-        """Unmap every run and remove a temporary folder; the index is empty afterwards."""
+        """Close every run file, remove a temporary folder; the index is empty afterwards.
+
+        Not to be called while another thread may still look chunks up.
+        """
         opened, self._opened, self._runs = self._opened, {}, []
         for run in opened.values():
             run.close()
@@ -261,7 +271,7 @@ class ChunkIndex:
         mismatch with the entries). Unlocked, a missing run may just have been
         merged away by another process: read the manifest again once first.
         """
-        for attempt in range(1 if locked else 2):
+        for _ in range(1 if locked else 2):
             entries = read_manifest(self._folder, self._key)
             found, missing = [], False
             for file, tag in entries or []:
@@ -289,7 +299,12 @@ class ChunkIndex:
         try:
             with self._locked():
                 found, entries = self._load(locked=True)
-                self._publish(self._compact(change(found)), entries)
+                try:
+                    result = change(found)
+                except _FetchFailed as e:
+                    self._publish(self._compact(e.args[0]), entries)  # keep what was fetched
+                    raise
+                self._publish(self._compact(result), entries)
         except _FetchFailed as e:
             raise e.__cause__ from None
         except OSError:
@@ -315,7 +330,7 @@ class ChunkIndex:
                 data = bytes(fetch(name))
                 check_records(data)
             except Exception as e:
-                raise _FetchFailed() from e
+                raise _FetchFailed(out + [self._write(batch_names, batch)] if batch else out) from e
             if len(data) >= BATCH_BYTES:
                 out.append(self._write([name], [data]))
                 continue
@@ -351,47 +366,35 @@ class ChunkIndex:
         while k := merge_count([r.count + 1 for r in found], MERGE_FACTOR, MAX_RUNS):
             group = found[:k]
             names = sorted(set().union(*(r.names for r in group)))
-            merged = self._write(names, runs=group, blocks=merge_blocks([r.records() for r in group]))
+            blocks = merge_blocks([r.records() for r in group])
+            merged = self._write(names, runs=group, blocks=blocks)
             found = sorted(found[k:] + [merged], key=lambda r: r.count)
         return found
 
     def _publish(self, final: list[Run], entries: list | None) -> None:
-        """Replace the manifest (if it changed), delete unlisted files, adopt `final` as the view."""
+        """Replace the manifest (if it changed), delete unlisted files, adopt `final`."""
         new_entries = [(r.file, r.tag) for r in final]
         if entries is None or set(new_entries) != set(entries):
             write_manifest(self._folder, self._key, new_entries)
         listed = {r.file for r in final}
-        # Safe under the lock: runs not listed are merged away, damaged or orphaned by a
-        # crash, and tmp- files are only ever in use by a lock holder. A reader that read
-        # the old manifest and has not mapped a run yet retries (see _load).
+        # Safe under the lock: runs not listed are merged away, damaged or orphaned by
+        # a crash, and tmp- files are only written by a lock holder (or are a probe,
+        # see __init__). A reader that read the old manifest and has not opened a run
+        # yet retries (see _load).
         for path in self._folder.iterdir():
             if (path.name.startswith("run-") and path.name not in listed) \
                     or path.name.startswith("tmp-"):
                 path.unlink(missing_ok=True)
         # Dropped runs are not closed here: a lookup or iter_records in another
-        # thread may still hold them; the mmap goes when its last reference does.
+        # thread may still hold them; the file closes when its last reference goes.
         self._opened = {r.file: r for r in final}
-        self._runs = _by_size(final)
+        self._runs = by_size(final)
 
 
 def _check_names(names: list[str]) -> None:
     for name in names:
         if not isinstance(name, str) or not name or "\n" in name:
             raise ValueError(f"bad index object name {name!r}")
-
-
-def _plan(found: list[Run], wanted: set[str]) -> list[Run]:
-    """The runs to keep: those covering only objects still in the store, each object once."""
-    keep, covered = [], set()
-    for run in _by_size(found):
-        if run.names <= wanted and covered.isdisjoint(run.names):
-            keep.append(run)
-            covered |= run.names
-    return keep
-
-
-def _by_size(found: list[Run]) -> list[Run]:
-    return sorted(found, key=lambda r: -r.count)
 
 
 __all__ = ["RECORD", "Location", "pack_record", "unpack_record", "sort_records", "check_records",

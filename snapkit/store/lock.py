@@ -14,7 +14,8 @@ While a lock is held a daemon thread rewrites it every ttl/5 with a new
 `refreshed` time: the lock is a lease. A lock is stale when
   (a) it comes from this very machine and PID namespace (host, boot_id and
       pidns all equal and non-empty) and its pid is dead or now belongs to
-      another process (the start time differs): known at once; or
+      another process (the start time differs): known at once (a lock without
+      a start time, where pid reuse cannot be told, also expires as in (b)); or
   (b) otherwise, when `now - refreshed > ttl`: its owner stopped refreshing
       (dead on another host or in another PID namespace, where its pid means
       nothing to us). This compares wall clocks of different machines, so
@@ -28,6 +29,9 @@ removed by `break_locks(force=True)` (`snapkit unlock --force`).
 A holder whose lease was broken (the object deleted or replaced, or no
 successful refresh for a whole ttl) finds out through `StoreLock.check()`,
 which raises `LockLost`; commands call it before publishing their results.
+
+On a read-only store (ReadOnlyStore when writing the lock) a shared lock
+proceeds without an object, so reading keeps working; an exclusive one fails.
 """
 
 from __future__ import annotations
