@@ -15,7 +15,8 @@ resolving a reference that could mean it fails with exit 3 (ops/resolve.py).
 
 A derived cache (`$XDG_CACHE_HOME/snapkit/<store-id>/catalog`, sealed under
 the store's cache key) holds the entries already authenticated, by name and
-size, so `list` at 10,000 snapshots reads one local file instead of 10,000
+size and version (a local file's inode and ctime, an object's ETag), so `list`
+at 10,000 snapshots reads one local file instead of 10,000
 objects. It also remembers the highest revision seen of each snapshot, so an
 older revision put back into the store (a replay) is reported, not believed.
 """
@@ -76,14 +77,16 @@ class Catalog:
             if m is None:
                 damaged.append(Damaged(info.name, None, "not a catalog entry name"))
                 continue
-            by_id.setdefault(m.group(1), []).append((int(m.group(2)), info.name, info.size))
+            by_id.setdefault(m.group(1), []).append((int(m.group(2)), info.name, [info.size, info.version]))
         docs, new_cache, changed = {}, {}, False
         for sid, revs in by_id.items():
             revs.sort()
-            self._revs[sid] = [name for _rev, name, _size in revs]
-            rev, name, size = revs[-1]
+            self._revs[sid] = [name for _rev, name, _stamp in revs]
+            rev, name, stamp = revs[-1]
             hit = old_docs.get(name)
-            if hit is not None and hit[0] == size and self.trust_cache:
+            # An entry is taken from the cache only if the store's copy is the very
+            # file version the cache authenticated (size and version, e.g. inode+ctime).
+            if hit is not None and hit[0] == stamp and stamp[1] and self.trust_cache:
                 doc = hit[1]
             else:
                 changed = True
@@ -98,7 +101,7 @@ class Catalog:
                 continue
             high[sid] = rev
             docs[sid] = doc
-            new_cache[name] = [size, doc]
+            new_cache[name] = [stamp, doc]
         if changed or len(new_cache) != len(old_docs):
             cache.write_sealed(keys, path, CACHE_FILE, json.dumps({"docs": new_cache, "high": high}).encode())
         self._docs = dict(sorted(docs.items()))

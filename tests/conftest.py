@@ -16,11 +16,12 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """No test reads or writes the developer's ~/.config, ~/.gitconfig or SNAPKIT_* settings."""
+    """No test reads or writes the developer's ~/.config, ~/.cache, ~/.gitconfig or SNAPKIT_* settings."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))  # local caches, scratch: never the real ~/.cache
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in list(os.environ):
         if var.startswith("SNAPKIT_") or var.startswith("GIT_") and var != "GIT_CONFIG_NOSYSTEM":

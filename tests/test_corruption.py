@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -54,11 +55,13 @@ def tree_state(root: Path) -> dict[str, str]:
 
 
 def open_store(project: Path):
-    """The project's store, unlocked in-process with the key file (to locate objects precisely)."""
+    """The project's store, unlocked in-process with the key file (to locate objects precisely).
+
+    Without the local caches: it reads the store as it is, and leaves this machine's caches alone."""
     from snapkit.store.keys import KeySource, default_key_path
     from snapkit.store.repository import Store
 
-    store = Store(project / "snapshots")
+    store = Store(project / "snapshots", use_cache=False)
     store.unlock(KeySource(key_file=default_key_path(store.id)))
     return store
 
@@ -149,8 +152,9 @@ class Two:
         for cid in mine.chunk_ids(layer):
             if cid in shared:
                 continue
-            pack_id, off, length, _size, depth = store.lookup(cid)
-            assert depth == 0  # X and Y share nothing, so nothing is stored as a delta
+            loc = store.lookup(cid)
+            assert loc.depth == 0  # X and Y share nothing, so nothing is stored as a delta
+            pack_id, off, length = loc.pack, loc.offset, loc.length
             name = f"packs/{pack_id.hex()[:2]}/{pack_id.hex()}"
             middle = (self.store / name).stat().st_size // 2
             score = abs(off + length // 2 - middle)
@@ -250,10 +254,12 @@ def test_missing_pack_is_named(two):
 
 
 @pytest.mark.parametrize("where_", ["middle", "header"])
-def test_damaged_index_object_is_named(two, where_):
+def test_damaged_index_object_is_named(two, where_, isolated_home):
+    """On a machine that has not merged the index object yet (its local caches removed)."""
     [name] = sorted(two.index_a)
     path = two.store / name
     flip(path, path.stat().st_size // 2 if where_ == "middle" else 0)
+    shutil.rmtree(isolated_home / ".cache" / "snapkit")
     problems, text = two.verify()
     index_problems = [p for p in problems if p["object"] == name]
     assert index_problems and "index" in index_problems[0]["message"], problems
@@ -263,6 +269,18 @@ def test_damaged_index_object_is_named(two, where_):
     assert snaps == {two.a}, problems
     two.restore_refused(two.a)
     two.restores(two.b, two.dump_b)
+
+
+def test_damaged_index_object_is_named_by_verify_on_this_machine(two):
+    """verify reads the index objects again from the store, never from the local merged index
+    (docs/cli.md, `snapkit verify`), so the machine that merged it names the damage too."""
+    [name] = sorted(two.index_a)
+    path = two.store / name
+    flip(path, path.stat().st_size // 2)
+    problems, text = two.verify()
+    assert any(p["object"] == name and "index" in p["message"] for p in problems), problems
+    assert name in text
+    assert two.b not in text
 
 
 # ---------------------------------------------------------------------------- manifests
@@ -293,31 +311,39 @@ def test_manifest_swapped_for_another_snapshots_is_detected(two):
 # ---------------------------------------------------------------------------- catalog entries
 
 
-def test_altered_catalog_message_is_named(two):
-    path = two.store / "catalog" / f"{two.a}.json"
-    text = path.read_text()
-    doc = json.loads(text)
-    old = doc["entry"]["message"]
-    assert old
-    new = old[:-1] + ("X" if old[-1] != "X" else "Y")
-    altered = text.replace(json.dumps(old), json.dumps(new), 1)
-    assert altered != text and json.loads(altered)["entry"]["message"] == new
-    path.write_text(altered)
+def test_altered_catalog_entry_is_named(two):
+    # Catalog entries are sealed (docs/format.md, "Catalog entry"): without the key, altering the
+    # message means altering ciphertext.
+    name = f"catalog/{two.a}~0"
+    path = two.store / name
+    assert sorted(p.name for p in (two.store / "catalog").iterdir()) == sorted([f"{two.a}~0", f"{two.b}~0"])
+    flip(path, path.stat().st_size // 2)
     problems, out = two.verify()
-    assert [(p["snapshot"], p["object"]) for p in problems] == [(two.a, f"catalog/{two.a}.json")], problems
-    assert f"catalog/{two.a}.json" in out
+    assert [(p["snapshot"], p["object"]) for p in problems] == [(two.a, name)], problems
+    assert name in out
     err = two.restore_refused(two.a)
-    assert "catalog" in err
+    assert "catalog" in err and name in err
     two.restores(two.b, two.dump_b)
 
 
-def test_catalog_entry_that_is_not_json_is_named(two):
-    path = two.store / "catalog" / f"{two.a}.json"
-    data = bytearray(path.read_bytes())
-    data[0] ^= 0x20  # '{' -> '['
-    path.write_bytes(bytes(data))
+@pytest.mark.parametrize("payload", ["not json", "another snapshot's"])
+def test_authentic_but_malformed_catalog_entry_is_named(two, payload):
+    """Only a writer holding the key can make one (a buggy snapkit): named, never a traceback."""
+    from snapkit.store import objects
+
+    store = open_store(two.root)
+    name = f"catalog/{two.a}~0"
+    if payload == "not json":
+        body = b"[not json"
+    else:  # the entry of B, sealed under A's name: bound to the name, but it names B
+        body = json.dumps({"id": two.b, "rev": 0, "manifest": "00" * 32,
+                           "entry": {"id": two.b, "commit": "0" * 40}}).encode()
+    (two.store / name).write_bytes(objects.seal(store.keys, objects.CATALOG, name, body))
     problems, out = two.verify()
-    assert f"catalog/{two.a}.json" in out
+    assert [(p["snapshot"], p["object"]) for p in problems] == [(two.a, name)], problems
+    assert name in out
+    assert name in two.restore_refused(two.a)
+    assert two.a not in two.cli("list").stdout
 
 
 # ---------------------------------------------------------------------------- key slots
@@ -341,6 +367,8 @@ def test_damaged_only_key_slot_fails_every_keyed_command_with_exit_3(two):
     name = f"keys/{slot.name}"
     commands = [("verify",), ("verify", "--json"), ("restore", two.b, "--db-only", "--yes", "--no-safety"),
                 ("create", "--no-commit"), ("cat", two.a, "--layer", "database", "-o", str(two.root / "out.db"))]
+    # `list` and `status` need the key too: the catalog is sealed (docs/format.md).
+    commands += [("list",), ("list", "--json"), ("status",), ("show", two.a), ("tag", two.a, "x")]
     before = tree_state(two.store)
     for args in commands:
         proc = two.cli(*args, ok=None)
@@ -348,13 +376,11 @@ def test_damaged_only_key_slot_fails_every_keyed_command_with_exit_3(two):
         assert "key slot" in proc.stderr and name in proc.stderr, (args, proc.stderr)
         assert "wrong" not in proc.stderr.lower(), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("snapkit: error:")]) == 1
+        assert proc.stdout == "", (args, proc.stdout)  # no snapshot listed, not even from a local cache
     assert sqlite_dump(two.db) == two.live
     assert not (two.root / "out.db").exists()
-    after = tree_state(two.store)
-    after.pop("catalog.cache", None), before.pop("catalog.cache", None)
-    assert after == before
-    # Listing needs no key.
-    assert two.a in two.cli("list").stdout
+    assert tree_state(two.store) == before
 
 
 def test_damaged_spare_key_slot_is_named_but_the_store_still_opens(app_repo, cli, isolated_home):
@@ -395,18 +421,25 @@ def test_wrong_key_is_exit_1_and_writes_nothing(two, isolated_home):
     key_path = default_key_path(store_id)
     assert key_path.exists() and str(key_path).startswith(str(isolated_home))
     key_path.write_text("snapkit-key-v1 " + os.urandom(32).hex() + "\n")
-    two.cli("list")  # warm the derived catalog cache; from here on nothing may change
     (two.root / "app.py").write_text("print('v3')\n")  # dirty: `create MSG` would commit
     before_store = tree_state(two.store)
+    caches = isolated_home / ".cache" / "snapkit"
+    before_caches = tree_state(caches)
     head = git(two.root, "rev-parse", "HEAD")
+    # `list` and `status` need the key as well (the catalog is sealed): the same one-line error.
     for args in [("create", "--no-commit"), ("create", "a message"), ("verify",), ("verify", "--json"),
                  ("restore", two.a, "--db-only", "--yes"), ("restore", two.b, "--yes", "--force"),
-                 ("cat", two.a, "--layer", "database", "-o", str(two.root / "out.db"))]:
+                 ("cat", two.a, "--layer", "database", "-o", str(two.root / "out.db")),
+                 ("list",), ("list", "--json"), ("status",), ("status", "--json"), ("show", two.a),
+                 ("pin", two.a)]:
         proc = two.cli(*args, ok=None)
         assert proc.returncode == 1, (args, proc.returncode, proc.stderr)
         assert "wrong key" in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # the error and at most a hint
+        assert two.a not in proc.stdout and two.b not in proc.stdout, (args, proc.stdout)
     assert tree_state(two.store) == before_store
+    assert tree_state(caches) == before_caches  # nor the local caches (verify.json, catalog, index)
     assert git(two.root, "rev-parse", "HEAD") == head
     assert (two.root / "app.py").read_text() == "print('v3')\n"
     assert sqlite_dump(two.db) == two.live

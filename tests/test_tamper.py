@@ -203,10 +203,6 @@ def lab(project, cli) -> Lab:
     return Lab(project, cli)
 
 
-def where(problem: dict) -> str:
-    return " ".join(str(problem.get(k) or "") for k in ("snapshot", "layer", "chunk", "object", "message"))
-
-
 def open_store(project: Path):
     """The project's store, unlocked in-process with the key file, to locate objects precisely."""
     from snapkit.store.keys import KeySource, default_key_path
@@ -271,7 +267,7 @@ def test_altered_catalog_entry_is_refused(lab, tmp_path, how):
 # ---------------------------------------------------------------------------- 3: replayed revision
 
 
-def test_replayed_older_catalog_revision_is_reported(lab, tmp_path):
+def test_replayed_older_catalog_revision_is_reported(lab):
     s1, s2 = lab.snapshot("one"), lab.snapshot("two")
     rev0 = lab.entry(s2).read_bytes()
     lab.cli("tag", s2, "x")
@@ -524,7 +520,8 @@ def test_read_only_commands_never_write_to_the_store(lab, tmp_path):
     before = store_listing(lab.store)
     ok = [("list",), ("list", "--json"), ("show", "@0"), ("show", s1, "--json"), ("verify",),
           ("verify", "--json", s1), ("status",), ("restore", "@1", "--dry-run"),
-          ("rollback", "1", "--dry-run"), ("cat", "@0", "--layer", "database", "-o", str(tmp_path / "out.db")),
+          ("rollback", "1", "--dry-run"),
+          ("cat", "@0", "--layer", "database", "-o", str(tmp_path / "out.db")),
           ("cat", "@1", "--layer", "code", "-o", str(tmp_path / "out.tar")), ("key", "list")]
     for args in ok:
         proc = lab.cli(*args, ok=None)
@@ -574,7 +571,8 @@ def test_read_only_store_serves_readers_and_refuses_writers(lab, tmp_path):
     s2 = lab.snapshot("two")
     lab.go_live()
     runner = _ro_runner(lab.store)
-    probe = subprocess.run([*runner, "sh", "-c", f'touch "{lab.store}/probe"'], capture_output=True, text=True)
+    probe = subprocess.run([*runner, "sh", "-c", f'touch "{lab.store}/probe"'],
+                           capture_output=True, text=True)
     if probe.returncode == 0 or "Read-only" not in probe.stderr:
         (lab.store / "probe").unlink(missing_ok=True)
         pytest.skip(f"cannot bind-mount the store read-only here: {probe.stderr.strip()[:200]}")
@@ -585,7 +583,8 @@ def test_read_only_store_serves_readers_and_refuses_writers(lab, tmp_path):
                               capture_output=True, text=True, env=dict(os.environ), timeout=120)
 
     for args in [("list",), ("show", "@0"), ("verify",), ("status",),
-                 ("cat", s1, "-o", str(tmp_path / "s1.db")), ("cat", "@0", "--layer", "code", "-o", str(tmp_path / "c"))]:
+                 ("cat", s1, "-o", str(tmp_path / "s1.db")),
+                 ("cat", "@0", "--layer", "code", "-o", str(tmp_path / "c"))]:
         proc = ro(*args)
         assert proc.returncode == 0, (args, proc.returncode, proc.stderr)
         assert "Traceback" not in proc.stderr

@@ -30,7 +30,7 @@ Guarantees every backend gives:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -59,8 +59,18 @@ class ReadOnlyStore(BackendError):
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """An object as a listing sees it.
+
+    `version` changes whenever the object's bytes may have changed (a local
+    file's inode and ctime, which nobody can set back without root; an object
+    store's ETag), so a cache keyed by (name, size, version) notices a
+    replaced object of the same size. "" means the backend cannot tell: a
+    cache must then read the object again.
+    """
+
     name: str
     size: int
+    version: str = field(default="", compare=False)
 
 
 def check_name(name: str) -> str:

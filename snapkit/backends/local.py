@@ -218,7 +218,7 @@ class LocalBackend:
             raise self._error(exc, "stat", name) from exc
         if not stat_mod.S_ISREG(st.st_mode):
             raise NotFound(f"no object {name} in store {self.root} (it is a folder)")
-        return ObjectInfo(name, st.st_size)
+        return ObjectInfo(name, st.st_size, _version(st))
 
     def list(self, folder: str) -> list[ObjectInfo]:
         """Every object under `folder/` (recursively; "" is the whole store), sorted by
@@ -248,7 +248,8 @@ class LocalBackend:
                     if e.is_dir(follow_symlinks=False):
                         self._walk(Path(e.path), name, found)
                     elif e.is_file(follow_symlinks=False):
-                        found.append(ObjectInfo(name, e.stat(follow_symlinks=False).st_size))
+                        st = e.stat(follow_symlinks=False)
+                        found.append(ObjectInfo(name, st.st_size, _version(st)))
                 except FileNotFoundError:  # deleted while we listed: not an object any more
                     continue
 
@@ -468,6 +469,12 @@ class LocalBackend:
                                 hint="free some space (`snapkit prune`) or move the store "
                                      "to a bigger disk, then run the command again")
         return BackendError(f"cannot {op} {name} in store {self.root}: {exc.strerror or exc}")
+
+
+def _version(st: os.stat_result) -> str:
+    # ctime changes on every write, rename or chmod and cannot be set back by a
+    # normal user (unlike mtime); with the inode it names this very file version.
+    return f"{st.st_ino}:{st.st_ctime_ns}"
 
 
 def _copy_fd(src: int, dst: int) -> None:

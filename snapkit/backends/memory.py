@@ -23,6 +23,8 @@ class MemoryBackend:
     def __init__(self, read_only: bool = False):
         self.read_only = read_only
         self._objects: dict[str, bytes] = {}
+        self._versions: dict[str, int] = {}  # bumped at every write: ObjectInfo.version
+        self._writes = 0
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -54,7 +56,7 @@ class MemoryBackend:
         check_name(name)
         with self._lock:
             try:
-                return ObjectInfo(name, len(self._objects[name]))
+                return ObjectInfo(name, len(self._objects[name]), str(self._versions[name]))
             except KeyError:
                 raise self._not_found(name) from None
 
@@ -66,7 +68,7 @@ class MemoryBackend:
             check_name(folder)
         prefix = f"{folder}/" if folder else ""
         with self._lock:
-            return sorted((ObjectInfo(n, len(d)) for n, d in self._objects.items()
+            return sorted((ObjectInfo(n, len(d), str(self._versions[n])) for n, d in self._objects.items()
                            if n.startswith(prefix)), key=lambda o: o.name)
 
     # ---- writes ------------------------------------------------------------
@@ -77,7 +79,7 @@ class MemoryBackend:
         data = bytes(data)  # a caller's later change to a bytearray must not change the object
         with self._lock:
             self._writable()
-            self._objects[name] = data
+            self._store(name, data)
 
     def put_new(self, name: str, data: bytes) -> None:
         """`put` that never replaces: `AlreadyExists` if `name` exists (old bytes kept)."""
@@ -87,7 +89,7 @@ class MemoryBackend:
             self._writable()
             if name in self._objects:
                 raise AlreadyExists(f"{name} already exists in store {self.describe()}")
-            self._objects[name] = data
+            self._store(name, data)
 
     def put_file(self, name: str, path: Path) -> None:
         """Publish the contents of the local file `path` as `name`, put-if-absent.
@@ -107,11 +109,17 @@ class MemoryBackend:
         with self._lock:
             self._writable()
             self._objects.pop(name, None)
+            self._versions.pop(name, None)
 
     def close(self) -> None:
         """Nothing to release. Idempotent; the objects are kept."""
 
     # ---- internals ---------------------------------------------------------
+
+    def _store(self, name: str, data: bytes) -> None:  # called with the lock held
+        self._writes += 1
+        self._objects[name] = data
+        self._versions[name] = self._writes
 
     def _writable(self) -> None:
         if self.read_only:

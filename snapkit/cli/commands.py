@@ -162,13 +162,23 @@ def list_(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
     json_: JSON = False,
 ):
-    """Snapshots, newest first. Needs no key."""
+    """Snapshots, newest first. Needs the key (the catalog is sealed)."""
     # `--env` anywhere on the line is taken as the global option (cli/app.py), which
     # for `list` means: only that environment's snapshots.
-    entries = _project().list(n=n, commit=commit, tag=tag, env=env or os.environ.get("SNAPKIT_ENV"))
+    project = _project()
+    entries = project.list(n=n, commit=commit, tag=tag, env=env or os.environ.get("SNAPKIT_ENV"))
     if json_:
-        return render.list_json(entries)
-    render.snapshot_table(entries)
+        render.list_json(entries)
+    else:
+        render.snapshot_table(entries)
+    damaged = project.catalog.damaged
+    if damaged:
+        from snapkit.errors import IntegrityError
+
+        for d in damaged[1:]:
+            render.console(stderr=True).print(f"damaged: {d.describe()}", markup=False, highlight=False)
+        raise IntegrityError(damaged[0].describe()
+                             + (f" (and {len(damaged) - 1} more, above)" if len(damaged) > 1 else ""))
 
 
 @app.command()
@@ -339,13 +349,10 @@ def unlock(
     """Remove stale locks on the store; with --force, every lock."""
     from snapkit.store.lock import break_locks, read_locks
 
-    store = _project().store
-    backend = store.backend
-    if type(backend).__module__ == "snapkit.store.backend":
-        # The old backend lists plain names; until the store opens the new one, use it here.
-        from snapkit.backends.local import LocalBackend
+    from snapkit.store.repository import open_backend
 
-        backend = LocalBackend(store.path)
+    # The backend, not the Store: unlocking needs no key and works on a store of any format.
+    backend = open_backend(_project().config.store_path)
     removed = break_locks(backend, force=force)
     live = [] if force else [i for i in read_locks(backend) if not i.stale]
     if json_:

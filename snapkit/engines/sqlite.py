@@ -23,7 +23,7 @@ from pathlib import Path
 
 from snapkit.engines.base import DatabaseInfo, Dump
 from snapkit.errors import DatabaseError
-from snapkit.store.backend import fsync_dir
+from snapkit.backends.local import fsync_dir
 
 HEADER = b"SQLite format 3\x00"
 READ_BLOCK = 1024 * 1024

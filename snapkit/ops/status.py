@@ -36,6 +36,9 @@ def status(project) -> StatusResult:
         reasons.append(f"newest snapshot is {age / 3600:.1f} h old (max_age {project.config.max_age_s / 3600:g} h)")
     if verify is not None and not verify.get("ok"):
         reasons.append("the last verify found problems")
+    if project.catalog.damaged:
+        reasons.append(f"{len(project.catalog.damaged)} catalog entr{'y is' if len(project.catalog.damaged) == 1 else 'ies are'} "
+                       "damaged (run `snapkit verify`)")
     return StatusResult(
         store=str(store.path), snapshots=len(entries), newest=newest["id"] if newest else None,
         newest_age_s=round(age, 1) if age is not None else None,

@@ -204,8 +204,7 @@ def _parse(name: str, data: bytes, now: float, me: tuple[str, str, str]) -> Lock
 
 
 def _lock_names(backend) -> list[str]:
-    # The old store.backend.LocalBackend lists plain names; backends.* list ObjectInfo.
-    return [o if isinstance(o, str) else o.name for o in backend.list(FOLDER)]
+    return [o.name for o in backend.list(FOLDER)]
 
 
 def read_locks(backend) -> list[LockInfo]:

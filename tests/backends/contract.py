@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -41,6 +42,19 @@ class BackendContract:
         assert backend.get("index/a") == b"new"
         assert backend.stat("index/a").size == 3
         assert backend.list("index") == infos(("index/a", 3))
+
+    def test_version_changes_when_an_object_is_replaced_by_one_of_the_same_size(self, backend):
+        # The catalog cache trusts an entry it authenticated only while (size, version)
+        # is unchanged: a same-size replacement must show in the version.
+        backend.put("catalog/a~0", b"first")
+        before = backend.stat("catalog/a~0").version
+        assert before and backend.list("catalog")[0].version == before
+        time.sleep(0.02)  # a later replacement (a local file's ctime ticks every few ms)
+        backend.delete("catalog/a~0")
+        backend.put_new("catalog/a~0", b"other")
+        after = backend.stat("catalog/a~0")
+        assert after.size == 5 and after.version and after.version != before
+        assert backend.list("catalog")[0].version == after.version
 
     def test_empty_object_round_trip(self, backend):
         backend.put("locks/empty", b"")
