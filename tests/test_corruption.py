@@ -343,7 +343,10 @@ def test_authentic_but_malformed_catalog_entry_is_named(two, payload):
     assert [(p["snapshot"], p["object"]) for p in problems] == [(two.a, name)], problems
     assert name in out
     assert name in two.restore_refused(two.a)
-    assert two.a not in two.cli("list").stdout
+    # `list` shows the intact entries and names the damaged one (exit 3).
+    listing = two.cli("list", ok=None)
+    assert listing.returncode == 3 and name in listing.stderr, listing.stderr
+    assert two.b in listing.stdout and two.a not in listing.stdout
 
 
 # ---------------------------------------------------------------------------- key slots

@@ -132,12 +132,24 @@ def add_key(project, kind: str, *, passphrase: str | None = None,
                         created_key_file=created, warnings=tuple(warnings))
 
 
+def _exclusive(project, command: str):
+    """An exclusive lease: two slot removals at once could each see another slot left."""
+    from snapkit.store.lock import StoreLock
+
+    return StoreLock(project.store.backend, exclusive=True, command=command)
+
+
 def remove_key(project, slot_id_or_prefix: str) -> KeyRemoveResult:
     """Remove one slot by id or unique id prefix, after opening the store.
 
     Refuses to remove the last intact slot (the store would be unreadable for good).
     A damaged slot can always be removed.
     """
+    with _exclusive(project, "key remove"):
+        return _remove_key(project, slot_id_or_prefix)
+
+
+def _remove_key(project, slot_id_or_prefix: str) -> KeyRemoveResult:
     backend, source, _master, opened = _open(project)
     infos = slots.list_slots(backend)
     target = _resolve(infos, slot_id_or_prefix)
@@ -179,6 +191,11 @@ def rotate_key(project, *, new_passphrase: str | Callable[[], str] | None = None
     the new slot is written before the key file is replaced, and the old slot is
     removed only after.
     """
+    with _exclusive(project, "key rotate"):
+        return _rotate_key(project, new_passphrase)
+
+
+def _rotate_key(project, new_passphrase) -> KeyRotateResult:
     backend, source, master, opened = _open(project)
     kind = next((s.kind for s in slots.list_slots(backend) if s.id == opened), None)
     if kind is None:  # removed by someone else since we opened it
