@@ -82,8 +82,8 @@ def tree_state(root: Path) -> dict[str, str]:
     return out
 
 
-def snapshots(cli, *args: str) -> list[dict]:
-    return json.loads(cli("list", "--json", *args).stdout)["snapshots"]
+def snapshots(cli, *args: str, env: dict | None = None) -> list[dict]:
+    return json.loads(cli("list", "--json", *args, env=env).stdout)["snapshots"]
 
 
 def head(repo: Path) -> str:
@@ -144,15 +144,17 @@ def test_wrong_key_file(project, cli, tmp_path):
     other_key = Path(info["key_file"])
     assert other_key.exists()
     (project / "app.py").write_text("print('dirty')\n")
-    cli("list")  # settle the derived listing cache before taking the "before" picture
     before_store = tree_state(project / "snapshots")
     before_head = head(project)
     before_db = sqlite_dump(project / "app.db")
     env = {"SNAPKIT_KEY_FILE": str(other_key)}
+    # `list` and `status` need the key too (the catalog is sealed): the same one-line error.
     calls = [("create", "--no-commit"), ("create", "commit me"), ("show", sid, "--json"),
-             ("restore", sid, "--yes", "--force"), ("cat", sid, "-o", str(tmp_path / "x.db"))]
+             ("restore", sid, "--yes", "--force"), ("cat", sid, "-o", str(tmp_path / "x.db")),
+             ("list",), ("list", "--json"), ("status", "--json")]
     for proc in run_many(project, calls, env=env):
         assert_error(proc, 1, "wrong key file")
+        assert sid not in proc.stdout, (proc.args, proc.stdout)
     assert tree_state(project / "snapshots") == before_store
     assert head(project) == before_head
     assert sqlite_dump(project / "app.db") == before_db
@@ -177,13 +179,19 @@ def test_passphrase_only_store(app_repo, cli, isolated_home):
     assert "correct horse" not in (app_repo / "snapkit.toml").read_text()
 
     sid = cli("create", "--no-commit", env=good).stdout.strip()
-    cli("list")
+    assert [e["id"] for e in snapshots(cli, env=good)] == [sid]
     store_before = tree_state(app_repo / "snapshots")
-    none_create, none_show = run_many(app_repo, [("create", "--no-commit"), ("show", sid)])
-    wrong = cli("create", "--no-commit", ok=None, env={"SNAPKIT_PASSPHRASE": "wrong"})
-    assert_error(wrong, 1, "wrong passphrase")
-    assert_error(none_create, 1)
-    assert_error(none_show, 1)
+    # No passphrase (stdin is not a TTY): every command that reads the store, `list` and `status`
+    # included, is a one-line exit-1 error, and writes nothing.
+    nones = run_many(app_repo, [("create", "--no-commit"), ("show", sid), ("list",), ("list", "--json"),
+                                ("status",)])
+    wrong = run_many(app_repo, [("create", "--no-commit"), ("list",)], env={"SNAPKIT_PASSPHRASE": "wrong"})
+    for proc in wrong:
+        assert_error(proc, 1, "wrong passphrase")
+    for proc in nones:
+        assert_error(proc, 1, "passphrase")
+    for proc in nones + wrong:
+        assert sid not in proc.stdout, (proc.args, proc.stdout)
     assert tree_state(app_repo / "snapshots") == store_before
     (app_repo / "app.db").unlink()
     cli("restore", sid, "--db-only", "--yes", env=good)
@@ -350,7 +358,6 @@ def test_init_is_idempotent(app_repo, cli, isolated_home):
     key = Path(info["key_file"])
     assert info["created_store"] is True and info["created_key"] is True
     sid = cli("create", "--no-commit").stdout.strip()
-    cli("list")  # settle the derived listing cache before comparing
     store = app_repo / "snapshots"
     key_hash = sha256_file(key)
     store_before = tree_state(store)
@@ -369,13 +376,14 @@ def test_init_is_idempotent(app_repo, cli, isolated_home):
     assert [e["id"] for e in snapshots(cli)] == [sid]
 
 
-def test_key_and_store_files_are_private(app_repo, cli):
+def test_key_and_store_files_are_private(app_repo, cli, isolated_home):
     old = os.umask(0o022)
     try:
         info = json.loads(cli("init", "--db", "sqlite:///app.db", "--json").stdout)
         cli("create", "--no-commit", "--tag", "t")
         cli("pin", "@0")
         cli("list")
+        cli("verify")
     finally:
         os.umask(old)
     key = Path(info["key_file"])
@@ -393,6 +401,15 @@ def test_key_and_store_files_are_private(app_repo, cli):
             assert mode == 0o600, (Path(dirpath) / f, oct(mode))
             n += 1
     assert n >= 5
+    # Nothing but what docs/format.md lists is in the store: the caches and verify's result are
+    # on this machine (XDG_CACHE_HOME), private as well.
+    assert {p.name for p in store.iterdir()} <= {"config", "keys", "packs", "index", "manifests", "catalog",
+                                                 "locks", "tmp"}
+    assert not list((store / "tmp").iterdir()) and not list((store / "locks").iterdir())
+    caches = isolated_home / ".cache" / "snapkit" / info["store_id"]
+    assert (caches / "catalog").is_file() and (caches / "verify.json").is_file()
+    for p in [caches, *caches.rglob("*")]:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600), p
 
 
 # ---------------------------------------------------------------- create and git
@@ -572,12 +589,11 @@ def test_list_table_every_snapshot_newest_first(project, cli):
     from snapkit.project import Project
 
     p = Project.open(project)
-    store = p.unlocked_store()
     written = []
     for i in range(300):
         entry = _catalog_entry(i, message=SPECIAL_MESSAGES.get(i, f"snapshot {i}"),
                                pinned=i == 5, tags=["release", "東京"] if i == 5 else [])
-        p.catalog.write(entry, store.keys)
+        p.catalog.add(entry, "00" * 32)  # `list` reads catalog entries only, never a manifest
         written.append(entry["id"])
     newest_first = sorted(written, reverse=True)
 
@@ -779,7 +795,6 @@ def test_status(project, cli):
 
 def test_create_check(project, cli):
     (project / "app.py").write_text("print('v2')\n")
-    cli("list")
     before_head = head(project)
     store_before = tree_state(project / "snapshots")
     marker = project.parent / "pwned"

@@ -28,18 +28,16 @@ def _touch(db, i: int) -> None:
 
 
 def _delta_chunks(store, sid: str) -> list[tuple[bytes, bytes]]:
-    """(chunk id, base id) of the database layer's delta chunks."""
-    from snapkit.store.repository import pack_name
-
+    """(chunk id, base id) of the database layer's delta chunks, the base read from the chunk's payload."""
     manifest = store.load_manifest(sid)
     out = []
     for cid in manifest.chunk_ids("database"):
-        pack_id, off, length, _size, depth = store.lookup(cid)
-        if depth:
-            with open(store.backend.path(pack_name(pack_id)), "rb") as f:
-                f.seek(off)
-                payload = store.keys.open(cid, f.read(length))
-            out.append((cid, compress.delta_base(payload)))
+        loc = store.lookup(cid)
+        if loc.depth:
+            payload = store.reader.payload(cid, loc.pack, loc.offset, loc.length)  # authenticated
+            base = compress.delta_base(payload)
+            assert base == loc.base  # the index record names the payload's base (docs/format.md)
+            out.append((cid, base))
     return out
 
 
@@ -54,7 +52,7 @@ def test_a_chain_of_changes_restores_every_snapshot_exactly(project, cli):
         sid = cli("create", "--no-commit").stdout.strip()
         dumps[sid] = sqlite_dump(db)
     store = open_store(project)
-    depths = [store.lookup(c)[4] for sid in dumps for c in store.load_manifest(sid).chunk_ids("database")]
+    depths = [store.lookup(c).depth for sid in dumps for c in store.load_manifest(sid).chunk_ids("database")]
     assert max(depths) >= 2 and max(depths) <= 5, depths
     # A chain at its cap restarts from its full chunk: every changed block after the
     # first snapshot is still a delta, never a whole block again.
@@ -62,7 +60,7 @@ def test_a_chain_of_changes_restores_every_snapshot_exactly(project, cli):
     for before, after in zip(sids, sids[1:]):
         old = set(store.load_manifest(before).chunk_ids("database"))
         new = [c for c in store.load_manifest(after).chunk_ids("database") if c not in old]
-        assert new and all(store.lookup(c)[4] >= 1 for c in new), (after, [store.lookup(c)[4] for c in new])
+        assert new and all(store.lookup(c).depth >= 1 for c in new), (after, [store.lookup(c).depth for c in new])
     for sid, expected in dumps.items():
         target = project / f"r-{sid}.db"
         cli("restore", sid, "--to-url", f"sqlite:///{target}", "--yes")
@@ -82,10 +80,10 @@ def test_damaged_delta_base_is_named_and_the_dependent_snapshot_refuses(project,
     deltas = _delta_chunks(store, second)
     assert deltas, "the second snapshot should hold delta chunks"
     cid, base = deltas[0]
-    from snapkit.store.repository import pack_name
+    from snapkit.store.packs import pack_name
 
-    pack_id, off, length, _, _ = store.lookup(base)
-    flip(store.backend.path(pack_name(pack_id)), off + length // 2)
+    loc = store.lookup(base)
+    flip(store.backend.path(pack_name(loc.pack)), loc.offset + loc.length // 2)
     check = cli("verify", "--json", ok=None)
     assert check.returncode == 3
     problems = json.loads(check.stdout)["problems"]
@@ -214,7 +212,7 @@ def test_a_dump_whose_rows_moved_stores_deltas_and_reads_back_exactly(tmp_path):
     assert r2.stored_bytes < r1.stored_bytes * 0.2, (r2.stored_bytes, r1.stored_bytes)
     m2 = store.load_manifest("s2")
     assert b"".join(store.read_layer(m2, "database")) == second
-    depths = [store.lookup(c)[4] for c in m2.chunk_ids("database")]
+    depths = [store.lookup(c).depth for c in m2.chunk_ids("database")]
     assert sum(1 for d in depths if d) > r2.new_chunks // 2
 
 
@@ -259,7 +257,7 @@ def test_a_dense_region_of_moved_rows_finds_its_bases_by_similarity(tmp_path):
     assert len(new) > r1.chunks * 0.35  # the hot region: every chunk changed
     # Full chunks: the moved rows at the end (new content) and a few misses. A position
     # cursor alone stored all 124 in full here, 0.40x the first snapshot's bytes.
-    full = [c for c in new if store.lookup(c)[4] == 0]
+    full = [c for c in new if store.lookup(c).depth == 0]
     assert len(full) < len(new) * 0.3, (len(full), len(new))
     assert r2.stored_bytes < r1.stored_bytes * 0.2, (r2.stored_bytes, r1.stored_bytes)
     # The sketches the manifest keeps are the chunks' own.

@@ -123,7 +123,7 @@ def test_hook_with_missing_database(project, cli):
 HOLD_LOCK = r"""
 import sys, time
 from pathlib import Path
-from snapkit.store.backend import LocalBackend
+from snapkit.backends.local import LocalBackend
 from snapkit.store.lock import StoreLock
 with StoreLock(LocalBackend(Path(sys.argv[1])), exclusive=True, timeout=5):
     print("ready", flush=True)

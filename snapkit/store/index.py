@@ -32,7 +32,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from snapkit.store.index_runs import (ID_BYTES, RECORD_BYTES, Run, RunDamaged, by_size,
@@ -52,9 +52,12 @@ MERGE_FACTOR = 2
 MAX_RUNS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a chunk is stored. `base` is the delta base's chunk id, None for a full chunk."""
+class Location(NamedTuple):
+    """Where a chunk is stored. `base` is the delta base's chunk id, None for a full chunk.
+
+    A NamedTuple, not a dataclass: every chunk read makes one, and a frozen
+    dataclass costs three times as much to build.
+    """
 
     pack: bytes
     offset: int

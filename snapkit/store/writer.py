@@ -88,6 +88,7 @@ class SnapshotWriter:
         self.pack: PackWriter | None = None
         self.finished: list[PackWriter] = []  # packs written to scratch, not yet uploaded
         self.layers: dict[str, LayerResult] = {}
+        self.reused_packs: set[bytes] = set()  # packs holding chunks this snapshot reuses
         self.chunk_lists: dict[str, bytearray] = {}
         self.features: dict[str, bytearray] = {}
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="snapkit-seal")
@@ -119,9 +120,13 @@ class SnapshotWriter:
         if layer is None:
             return None
         ids = base.chunk_lists[name]
+        packs = set()
         for off in range(0, len(ids), ID_BYTES):
-            if bytes(ids[off : off + ID_BYTES]) not in self.index:
+            loc = self.index.lookup(bytes(ids[off : off + ID_BYTES]))
+            if loc is None:
                 return None
+            packs.add(loc.pack)
+        self.reused_packs |= packs
         result = LayerResult(name, layer["strategy"], layer["logical_bytes"], 0, layer["chunks"], 0,
                              layer["sha256"])
         self.layers[name] = result
@@ -139,11 +144,9 @@ class SnapshotWriter:
             base_features = base.features.get(name)
         return LayerSink(self, name, strategy, base_ids, base_features)
 
-    def known(self, chunk_id: bytes) -> bool:
-        return chunk_id in self.index or chunk_id in self.written
-
     def _submit(self, sink: LayerSink, batch: list) -> None:
-        self._futures.append((self._pool.submit(self._encode, batch, sink.level, sink._by_feature), sink))
+        self._futures.append((self._pool.submit(self._encode, batch, sink.level, sink._by_feature,
+                                                self.reused_packs), sink))
         while len(self._futures) > WORKERS:
             self._drain_one()
 
@@ -178,7 +181,7 @@ class SnapshotWriter:
         while self._futures:
             self._drain_one()
 
-    def _encode(self, batch: list, level: int, similar: tuple | None = None) -> list:
+    def _encode(self, batch: list, level: int, similar: tuple | None, reused_packs: set) -> list:
         """Worker: id each chunk of a batch; compress (or delta-compress) and seal the new ones.
 
         Batch items are (chunk, chunk id or None, base id or None, features or
@@ -206,7 +209,12 @@ class SnapshotWriter:
                     at = cursor
                 cursor = None if at is None else at + 1
                 base_id = None if at is None else bytes(base_ids[at * ID_BYTES : (at + 1) * ID_BYTES]) or None
-            if chunk_id in seen or self.known(chunk_id):
+            if chunk_id in seen or chunk_id in self.written:
+                out.append(((chunk_id, None, len(chunk), 0, None), feature))
+                continue
+            known = self.index.lookup(chunk_id)
+            if known is not None:
+                reused_packs.add(known.pack)  # set.add is atomic under the GIL
                 out.append(((chunk_id, None, len(chunk), 0, None), feature))
                 continue
             seen.add(chunk_id)
@@ -253,16 +261,7 @@ class SnapshotWriter:
         deleted since. Dedup against a chunk whose pack is gone would make a
         snapshot that cannot be restored, so check with one listing.
         """
-        needed: set[bytes] = set()
-        for ids in self.chunk_lists.values():
-            for off in range(0, len(ids), ID_BYTES):
-                cid = bytes(ids[off : off + ID_BYTES])
-                if cid in self.written:
-                    continue
-                loc = self.index.lookup(cid)
-                if loc is None:
-                    raise IntegrityError(f"chunk {cid.hex()[:16]} vanished from the index while writing")
-                needed.add(loc.pack)
+        needed = self.reused_packs  # noted as each reused chunk was looked up
         if needed:
             present = {info.name for info in self.store.backend.list("packs")}
             missing = sorted(pack_name(p) for p in needed if pack_name(p) not in present)
