@@ -318,11 +318,12 @@ def test_altered_catalog_entry_is_named(two):
     path = two.store / name
     assert sorted(p.name for p in (two.store / "catalog").iterdir()) == sorted([f"{two.a}~0", f"{two.b}~0"])
     flip(path, path.stat().st_size // 2)
+    # Refused at once, though this machine's catalog cache holds the entry as it was (same size).
+    err = two.restore_refused(two.a)
+    assert "catalog" in err and name in err
     problems, out = two.verify()
     assert [(p["snapshot"], p["object"]) for p in problems] == [(two.a, name)], problems
     assert name in out
-    err = two.restore_refused(two.a)
-    assert "catalog" in err and name in err
     two.restores(two.b, two.dump_b)
 
 

@@ -6,8 +6,9 @@ any point leaves the store valid and every earlier snapshot restorable".
 A ~27 MB SQLite database of random blobs; each run rewrites ~18 MB of it, so a
 `create` writes two 16 MiB-bounded packs, an index, a manifest and a catalog
 entry. Runs are killed (the whole process group, SIGKILL) after a seeded random
-delay spread over a measured run time, plus runs killed the instant a pack, an
-index object or a manifest appears on disk.
+delay spread over a measured run time, plus runs killed the instant a pack is
+being written (in the private scratch folder, docs/format.md), an index object
+or a manifest appears on disk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -82,6 +84,15 @@ def files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
+def scratch(root: Path) -> Path:
+    """Where snapkit processes keep their private scratch folders: `<git dir>/snapkit/tmp/<pid>-<rand>/`."""
+    return root / ".git" / "snapkit" / "tmp"
+
+
+def scratch_files(root: Path, prefix: str) -> list[str]:
+    return sorted(n for n in files(scratch(root)) if n.split("/")[-1].startswith(prefix))
+
+
 def wait_for(proc: subprocess.Popen, event, limit: float = 20.0) -> bool:
     """Poll until `event()` is true (then return True at once) or the process ends."""
     deadline = time.monotonic() + limit
@@ -127,8 +138,9 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
 
     def event(kind: str, before: dict):
         if kind == "pack":
-            # A new temp file (a pack being written) or a new pack; leftovers of earlier kills are in `before`.
-            return lambda: any(n not in before["packs"] for n in files(store / "packs"))
+            # A pack being written (in the scratch folder) or uploaded; leftovers of earlier kills are in `before`.
+            return lambda: (any(n not in before["scratch"] for n in scratch_files(root, "pack-"))
+                            or any(n not in before["packs"] for n in files(store / "packs")))
         if kind == "index":
             return lambda: any(not n.startswith(".tmp-") and n not in before["index"]
                                for n in os.listdir(store / "index"))
@@ -143,7 +155,7 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
         change(db, rnd, gen)
         expected = dump_hash(db)
         before = {"packs": files(store / "packs"), "index": set(os.listdir(store / "index")),
-                  "manifests": set(os.listdir(store / "manifests"))}
+                  "manifests": set(os.listdir(store / "manifests")), "scratch": scratch_files(root, "pack-")}
         proc = start_create(root)
         if how in ("delay", "frac"):
             time.sleep(arg if how == "delay" else arg * runtime)
@@ -198,11 +210,15 @@ def test_sigkill_during_create_never_damages_the_store(project, cli, capsys):
     cli("verify")
 
     # Locks of the killed processes are stale: an exclusive lock (prune, unlock) is not blocked by them.
-    from snapkit.store.backend import LocalBackend
+    from snapkit.backends.local import LocalBackend
     from snapkit.store.lock import StoreLock
 
     with StoreLock(LocalBackend(store), exclusive=True, timeout=3):
         pass
+    # The killed runs' scratch folders (temp packs, half-written) were removed by the runs after them;
+    # the store never held a temp pack, only the backend's own temp files of a put cut short.
+    assert not files(scratch(root)), sorted(files(scratch(root)))
+    assert not any(n.split("/")[-1].startswith("pack-") for n in files(store))
 
     killed_visible = sum(1 for row in log if row[4] and row[5])
     leftovers = sorted(n for n in files(store) if ".tmp-" in n or n.startswith("tmp/"))
@@ -223,19 +239,31 @@ def test_leftovers_of_a_killed_create_are_cleaned_up_later(project, cli):
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "ignore the store")
     fill(project / "app.db", random.Random(5), rows=12_000)
-    # WAL mode: snapkit copies the database into tmp/ first (rollback mode reads it in place).
+    # WAL mode: snapkit copies the database into its private scratch folder first (rollback
+    # mode reads it in place) — never into the store (docs/format.md).
     con = sqlite3.connect(project / "app.db")
     con.execute("PRAGMA journal_mode=WAL")
     con.close()
     cli("create", "--no-commit")
     change(project / "app.db", random.Random(6), gen=1)
+    before_store = files(store)
     proc = start_create(project)
     # Kill it mid-run, while it streams its consistent copy of the database into chunks.
-    assert wait_for(proc, lambda: any(n.startswith("sqlite-") for n in os.listdir(store / "tmp")))
+    assert wait_for(proc, lambda: scratch_files(project, "sqlite-"))
     time.sleep(0.2)
     assert kill(proc)
-    assert any(n.startswith(f"sqlite-{proc.pid}-") for n in os.listdir(store / "tmp"))
+    [copy] = scratch_files(project, "sqlite-")
+    folder = copy.split("/")[0]
+    assert folder.startswith(f"{proc.pid}-") and copy.split("/")[1].startswith(f"sqlite-{proc.pid}-")
+    assert stat.S_IMODE((scratch(project) / folder).stat().st_mode) == 0o700
+    # The store got none of it: no database copy, no temp pack, no temp file.
+    assert {n for n in files(store) - before_store if not n.startswith("locks/")} == set()
+    assert not [n for n in files(store) if n.startswith("tmp/") or "sqlite-" in n or "pack-" in n]
     cli("create", "--no-commit")
     cli("verify")
+    # The next snapkit process removed the dead one's scratch folder, and its stale lease.
+    assert not (scratch(project) / folder).exists()
+    assert files(scratch(project)) == set()
+    assert not list((store / "locks").iterdir())
     leftovers = sorted(n for n in files(store) if ".tmp-" in n or n.startswith("tmp/"))
     assert leftovers == [], leftovers

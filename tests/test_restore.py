@@ -188,7 +188,6 @@ def test_dry_run_changes_nothing_then_branch_and_detach(clean_project, cli):
     s1 = snap(cli, repo, 1, "v1")
     s2 = snap(cli, repo, 2, "v2")
     (repo / "app.py").write_text("print('dirty')\n")  # a dry run reports, it does not refuse
-    cli("list")  # let the derived listing cache settle (see test_dry_run_writes_nothing_at_all)
     _dry_runs(repo, s1, [("restore", s1.id, "--dry-run"), *DRY_RUNS])
 
     git(repo, "checkout", "--", "app.py")

@@ -13,17 +13,19 @@ old database or the new one, and a crash mid-way rolls back to the old one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from snapkit.backends.local import fsync_dir
 from snapkit.engines.base import DatabaseInfo, Dump
 from snapkit.errors import DatabaseError
-from snapkit.backends.local import fsync_dir
 
 HEADER = b"SQLite format 3\x00"
 READ_BLOCK = 1024 * 1024
@@ -264,23 +266,20 @@ class SqliteEngine:
             os.fsync(f.fileno())
 
     def restore(self, source: Iterable[bytes], tmp_dir: Path) -> None:
-        """Rebuild the file beside the database, then put it in place all or nothing.
+        """Rebuild the file in the private scratch folder, then put it in place all or nothing.
 
-        No database there yet: rename the rebuilt file into place (atomic).
+        No database there yet: link the rebuilt file into place (atomic).
         A database there (perhaps open in the app): copy into it with the
-        backup API, one transaction through its journal, same inode.
+        backup API, one transaction through its journal, same inode. The
+        rebuilt copy never sits in the work tree, where a kill would leave a
+        plaintext database for `git add -A` to commit.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staged = self.path.parent / f".{self.path.name}.snapkit-{os.getpid()}-{os.urandom(4).hex()}"
+        staged = Path(tmp_dir) / f"restore-{os.urandom(6).hex()}.db"
         try:
             self._rebuild(source, staged)  # the layer's SHA-256 is checked when the stream ends
-            if not self.path.exists():
-                try:
-                    os.link(staged, self.path)  # never replaces a database that appeared meanwhile
-                    fsync_dir(self.path.parent)
-                    return
-                except FileExistsError:
-                    pass
+            if not self.path.exists() and self._link_into_place(staged):
+                return
             src = sqlite3.connect(staged)
             try:
                 dst = _connect(self.path, self.timeout, create=True)
@@ -298,6 +297,30 @@ class SqliteEngine:
                 src.close()
         finally:
             staged.unlink(missing_ok=True)
+
+    def _link_into_place(self, staged: Path) -> bool:
+        """Link the rebuilt file in as the database; False when one appeared meanwhile."""
+        try:
+            os.link(staged, self.path)  # never replaces a database that appeared meanwhile
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # Scratch is on another disk: copy beside the database (briefly), then link.
+            beside = self.path.parent / f".{self.path.name}.snapkit-{os.urandom(6).hex()}"
+            try:
+                shutil.copyfile(staged, beside)
+                with open(beside, "rb") as f:
+                    os.fsync(f.fileno())
+                try:
+                    os.link(beside, self.path)
+                except FileExistsError:
+                    return False
+            finally:
+                beside.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
+        return True
 
     def restore_to_path(self, source: Iterable[bytes], dest: Path) -> None:
         """Write the layer as a new database file at `dest` (which must not exist)."""

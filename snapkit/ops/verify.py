@@ -40,6 +40,7 @@ def verify(project, refs=(), *, restore_test: bool = False, progress=None) -> Ve
     _, damaged_slots = keymod.read_slots(store.backend)
     problems += [Problem(None, None, None, name, "key slot damaged") for name in damaged_slots]
     store.unlock(project.key_source())
+    store.use_fresh_index()
     catalog = Catalog(store, trust_cache=False)
     project.__dict__["catalog"] = catalog  # resolve through the freshly read catalog
     with store.lock(exclusive=False, command="verify"):

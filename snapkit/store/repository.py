@@ -196,6 +196,17 @@ class Store:
             self._index_synced = True
         return self._index
 
+    def use_fresh_index(self) -> None:
+        """Build this process's index from every index object in the store, not the local cache.
+
+        For `verify`: an index object damaged after this machine merged it
+        must be found, as a new machine would.
+        """
+        if self._index is not None:
+            self._index.close()
+        self._index = ChunkIndex(None, self.keys.cache)
+        self._index_synced = False
+
     def lookup(self, chunk_id: bytes) -> Location | None:
         return self.index().lookup(chunk_id)
 
