@@ -234,18 +234,26 @@ def memory_scaling(work: Path, env: dict, sizes_mb: list[float]) -> dict:
     return out
 
 
-def hook_overhead(work: Path, env: dict, size_mb: float, reps: int) -> dict:
-    """Added wall time of `git commit` with the post-commit hook, on a small database."""
-    app = work / "hook"
+GIT = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+
+
+def _git_app(app: Path, db_mb: float, env: dict) -> Path:
+    """A git work tree with a workload database of db_mb, `snapkit init` done, one commit."""
     app.mkdir()
-    g = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
     subprocess.run(["git", "init", "-q"], cwd=app, check=True)
     (app / ".gitignore").write_text("app.db\n")
-    workload.create(app / "app.db", size_mb)
+    workload.create(app / "app.db", db_mb)
     subprocess.run([sys.executable, "-m", "snapkit", "init", "--db", "sqlite:///app.db"], cwd=app, env=env,
                    check=True, capture_output=True)
-    subprocess.run([*g, "add", "-A"], cwd=app, check=True)
-    subprocess.run([*g, "commit", "-qm", "init"], cwd=app, check=True, env=env)
+    subprocess.run([*GIT, "add", "-A"], cwd=app, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "init"], cwd=app, check=True, env=env)
+    return app
+
+
+def hook_overhead(work: Path, env: dict, size_mb: float, reps: int) -> dict:
+    """Added wall time of `git commit` with the post-commit hook, on a small database."""
+    app = _git_app(work / "hook", size_mb, env)
+    g = GIT
     with_hook, without = [], []
     for i in range(reps):
         subprocess.run([sys.executable, "-m", "snapkit", "hook", "uninstall"], cwd=app, env=env, check=True,
@@ -299,16 +307,7 @@ def big_index(work: Path, env: dict, chunks: int, db_mb: float) -> dict:
     own code. The first create after that builds the local index cache (a
     new machine); the next ones find it up to date (every hook run).
     """
-    app = work / "bigindex"
-    app.mkdir()
-    g = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
-    subprocess.run(["git", "init", "-q"], cwd=app, check=True)
-    (app / ".gitignore").write_text("app.db\n")
-    workload.create(app / "app.db", db_mb)
-    subprocess.run([sys.executable, "-m", "snapkit", "init", "--db", "sqlite:///app.db"], cwd=app, env=env,
-                   check=True, capture_output=True)
-    subprocess.run([*g, "add", "-A"], cwd=app, check=True)
-    subprocess.run([*g, "commit", "-qm", "init"], cwd=app, check=True, env=env)
+    app = _git_app(work / "bigindex", db_mb, env)
     subprocess.run([sys.executable, "-m", "snapkit", "create", "--no-commit"], cwd=app, env=env, check=True,
                    capture_output=True)
     code = f"""

@@ -93,12 +93,10 @@ class _FdCache:
 
     def acquire(self, name: str, path: Path) -> _Handle:
         with self.lock:
-            h = self.handles.get(name)
-            if h is not None:
-                self.handles.move_to_end(name)
-                h.refs += 1
-                return h
             seen = self.evictions
+        h = self.acquire_cached(name)
+        if h is not None:
+            return h
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # outside the lock: may be slow
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):  # a folder opens fine; it is no object
             os.close(fd)

@@ -94,14 +94,9 @@ def _main(
 
 
 def _read_new_passphrase() -> str | None:
-    if sys.stdin.isatty():
-        first = typer.prompt("New passphrase", hide_input=True)
-        if typer.prompt("Repeat passphrase", hide_input=True) != first:
-            from snapkit.errors import KeyAccessError
+    from snapkit.cli.key_cmd import prompt_new_passphrase
 
-            raise KeyAccessError("the two passphrases differ; nothing was written")
-        return first
-    return os.environ.get("SNAPKIT_PASSPHRASE")
+    return prompt_new_passphrase("SNAPKIT_PASSPHRASE")  # init: the one that will open the store
 
 
 @app.command()

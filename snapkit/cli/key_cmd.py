@@ -32,8 +32,8 @@ def _project():
     return Project.open(Path.cwd())
 
 
-def _new_passphrase() -> str | None:
-    """Prompted twice on a terminal, else SNAPKIT_NEW_PASSPHRASE (None when unset)."""
+def prompt_new_passphrase(env_var: str) -> str | None:
+    """Prompted twice on a terminal, else the environment variable `env_var` (None when unset)."""
     if sys.stdin.isatty():
         first = typer.prompt("New passphrase", hide_input=True)
         if typer.prompt("Repeat new passphrase", hide_input=True) != first:
@@ -41,7 +41,11 @@ def _new_passphrase() -> str | None:
 
             raise KeyAccessError("the two passphrases differ; nothing was written")
         return first
-    return os.environ.get(NEW_PASSPHRASE_ENV) or None
+    return os.environ.get(env_var) or None
+
+
+def _new_passphrase() -> str | None:
+    return prompt_new_passphrase(NEW_PASSPHRASE_ENV)
 
 
 def _say(text: str) -> None:

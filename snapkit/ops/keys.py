@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from snapkit.backends.local import fsync_dir
 from snapkit.errors import AmbiguousRef, KeyAccessError, RefNotFound, SnapkitError, UsageError
 from snapkit.model import Result
 from snapkit.store import keys as slots
@@ -233,7 +234,7 @@ def _rotate_key_file(backend, key_file: Path, master: bytes, opened: str) -> Key
         new_id = slots.add_slot(backend, master, "keyfile", secret)
         # From here the new slot opens with tmp, the old one with the file at `path`.
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         if new_id is not None and not _holds(path, secret):
@@ -251,14 +252,6 @@ def _holds(path: Path, secret: bytes) -> bool:
         return slots.read_key_file(path) == secret
     except KeyAccessError:
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _inside(path: Path, root: Path) -> bool:
