@@ -775,6 +775,13 @@ def test_status(project, cli):
     assert st["hook_installed"] is False
     assert 0 <= st["newest_age_s"] < 60
     assert st["logical_bytes"] >= st["stored_bytes"] > 0
+    # verify's result is kept on this machine (the cache folder), never in the store; status reports it.
+    assert st["last_verify"] is None
+    store_before = tree_state(project / "snapshots")
+    cli("verify")
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["healthy"] is True and st["last_verify"]["ok"] is True and st["last_verify"]["snapshots"] == 1
+    assert tree_state(project / "snapshots") == store_before
 
     git(project, "commit", "-q", "--allow-empty", "-m", "no snapshot for this one")
     # status.max_age exceeded → unhealthy
@@ -788,6 +795,25 @@ def test_status(project, cli):
     st = json.loads(proc.stdout)
     assert st["healthy"] is False and st["reasons"]
     assert st["head_snapshot"] is None and st["head_commit"] == head(project)
+
+
+# ---------------------------------------------------------------- verify --restore-test
+
+
+def test_verify_restore_test_rebuilds_in_private_scratch_and_writes_nothing(project, cli):
+    """The rebuilt database goes to `<git dir>/snapkit/tmp/<pid>-<rand>/` (docs/format.md), which is
+    removed at exit: not into the store, not into the work tree."""
+    sid = cli("create", "--no-commit").stdout.strip()
+    dump = sqlite_dump(project / "app.db")
+    work_before = {k: v for k, v in tree_state(project).items() if not k.startswith(".git")}
+    result = json.loads(cli("verify", "--restore-test", "--json").stdout)
+    assert result["restore_tested"] == 1 and result["problems"] == [] and result["snapshots"] == 1
+    work_after = {k: v for k, v in tree_state(project).items() if not k.startswith(".git")}
+    assert work_after == work_before  # no scratch.db, no copy beside app.db, the store unchanged
+    assert sqlite_dump(project / "app.db") == dump
+    scratch = project / ".git" / "snapkit" / "tmp"
+    assert not scratch.exists() or list(scratch.iterdir()) == []
+    assert sid in cli("list").stdout
 
 
 # ---------------------------------------------------------------- --check

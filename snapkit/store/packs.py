@@ -45,7 +45,7 @@ def pack_id_of(name: str) -> bytes:
     return bytes.fromhex(name.rsplit("/", 1)[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     chunk_id: bytes
     offset: int

@@ -19,7 +19,7 @@ from snapkit.errors import IntegrityError
 from snapkit.store import compress
 from snapkit.store import manifest as manifest_mod
 from snapkit.store.chunker import FEATURE_BYTES, features, make_chunker
-from snapkit.store.index import pack_record, sort_records
+from snapkit.store.index import pack_record
 from snapkit.store.manifest import ID_BYTES, Manifest
 from snapkit.store.packs import PackWriter, pack_name
 
@@ -83,8 +83,8 @@ class SnapshotWriter:
         # Chunks this writer added: not in the store's shared index until the
         # index object naming them is durable (commit), so a failed or abandoned
         # writer never leaves phantom chunks for the next one to "dedupe" against.
-        self.written: dict[bytes, object] = {}
-        self.records = bytearray()
+        self.written: set[bytes] = set()
+        self.records: list[bytes] = []  # index records of the chunks written, sorted at commit
         self.pack: PackWriter | None = None
         self.finished: list[PackWriter] = []  # packs written to scratch, not yet uploaded
         self.layers: dict[str, LayerResult] = {}
@@ -162,7 +162,7 @@ class SnapshotWriter:
             result.chunks += 1
             if blob is None or chunk_id in self.written or chunk_id in self.index:
                 continue  # already stored (a batch in flight may have raced us to it)
-            self.written[chunk_id] = b""  # placeholder: a repeat later in this batch is a duplicate
+            self.written.add(chunk_id)  # a repeat later in this batch is a duplicate
             new.append(item)
             result.new_chunks += 1
             result.stored_bytes += len(blob)
@@ -171,9 +171,8 @@ class SnapshotWriter:
         if self.pack is None:
             self.pack = PackWriter(self.store.keys, self.data_key, self.store.scratch())
         for e in self.pack.add(new):
-            self.records += pack_record(e.chunk_id, self.pack.pack_id, e.offset, e.length, e.size, e.depth,
-                                        e.base)
-            self.written[e.chunk_id] = e
+            self.records.append(pack_record(e.chunk_id, self.pack.pack_id, e.offset, e.length, e.size,
+                                            e.depth, e.base))
         if self.pack.full():
             self._flush_pack()
 
@@ -291,11 +290,12 @@ class SnapshotWriter:
         self.finished = []
         if self.records:
             name = f"index/{os.urandom(16).hex()}"
-            records = sort_records(bytes(self.records))
+            self.records.sort()  # by chunk id: records start with it
+            records = b"".join(self.records)
             backend.put_new(name, self.store.seal_index(name, records))
             self.index.add(name, records)
-            self.records = bytearray()
-            self.written = {}
+            self.records = []
+            self.written = set()
         layers = {n: r.as_meta() for n, r in self.layers.items()}
         sys.setswitchinterval(self._switch)
         for attempt in range(1000):
