@@ -20,6 +20,7 @@ import pytest
 
 from snapkit.backends import local as local_mod
 from snapkit.backends.base import AlreadyExists, BackendError, NotFound, ReadOnlyStore
+from snapkit.backends.fdcache import MAX_OPEN_FDS
 from snapkit.backends.local import LocalBackend
 from tests.backends.contract import BackendContract
 
@@ -321,7 +322,7 @@ def test_the_fd_cache_is_bounded_and_close_releases_it(backend):
     before = _open_fds()
     for i in range(100):
         assert backend.get_range(f"packs/{i % 4:02x}/p{i:03d}", 3, 2) == bytes([i]) * 2
-    assert _open_fds() - before <= local_mod.MAX_OPEN_FDS
+    assert _open_fds() - before <= MAX_OPEN_FDS
     backend.close()
     assert _open_fds() == before
 
