@@ -113,7 +113,10 @@ class LocalBackend:
             except OSError as exc:
                 raise self._error(exc, "read", name) from exc
         try:
-            parts, got = [], 0
+            first = os.pread(h.fd, length, offset)
+            if len(first) == length or not first:
+                return first
+            parts, got = [first], len(first)
             while got < length:  # pread may return short reads before the end
                 piece = os.pread(h.fd, length - got, offset + got)
                 if not piece:

@@ -44,6 +44,7 @@ VERSION = 1
 HEAD = struct.Struct(">8sHHQI")
 FANOUT = struct.Struct(f">{PREFIXES}I")
 BLOCK = 1 << 20  # streaming unit for MAC checks and record iteration
+IN_MEMORY_MAX = 8 << 20  # runs up to this many record bytes are also held in memory
 MANIFEST = "manifest"
 MANIFEST_MAGIC = "snapkit index cache 1"
 RUN_NAME = re.compile(r"run-[0-9a-f]{32}")
@@ -127,7 +128,7 @@ class Run:
     positionless, so lookups from several threads are safe.
     """
 
-    __slots__ = ("file", "tag", "names", "count", "_f", "_fd", "_fan", "_keys", "_rec")
+    __slots__ = ("file", "tag", "names", "count", "_f", "_fd", "_fan", "_keys", "_rec", "_mem")
 
     @classmethod
     def open(cls, folder: Path, file: str, key: bytes, tag: bytes, verify: bool = True) -> Run:
@@ -161,6 +162,9 @@ class Run:
         if mac:
             mac.update(prefix)
         keys = array(_U32, bytes(4 * count))
+        # A small run (every run of a store under ~1 M chunks) is also kept in memory:
+        # a hit then costs no pread (restore looks up every chunk and each delta base).
+        mem = bytearray(count * RECORD_BYTES) if count * RECORD_BYTES <= IN_MEMORY_MAX else None
         step = BLOCK // RECORD_BYTES * RECORD_BYTES
         buf = bytearray(step)  # reused: a fresh 1 MiB bytes per block costs page faults
         with memoryview(keys) as whole, whole.cast("B") as out, memoryview(buf) as view:
@@ -174,6 +178,8 @@ class Run:
                     got += more
                 if mac:
                     mac.update(view[:n])
+                if mem is not None:
+                    mem[start : start + n] = view[:n]
                 at = start // RECORD_BYTES * 4
                 for j in range(4):  # id bytes 2..5 of every record: strided copies, C speed
                     out[at + j : at + n // RECORD_BYTES * 4 : 4] = buf[2 + j : n : RECORD_BYTES]
@@ -193,6 +199,7 @@ class Run:
             raise RunDamaged(f"{file}: bad names") from None
         self.file, self.tag, self.count, self.names = file, tag, count, frozenset(names)
         self._f, self._fd, self._fan, self._keys, self._rec = f, fd, fan, keys, rec
+        self._mem = mem
 
     def find(self, chunk_id: bytes) -> bytes | None:
         """The first record with this chunk id, or None."""
@@ -207,8 +214,12 @@ class Run:
         sub = int.from_bytes(chunk_id[2:6], "big")
         keys = self._keys
         i = bisect_left(keys, sub, lo, hi)
+        mem = self._mem
         while i < hi and keys[i] == sub:  # almost always one candidate, or none
-            rec = os.pread(self._fd, RECORD_BYTES, self._rec + i * RECORD_BYTES)
+            if mem is not None:
+                rec = mem[i * RECORD_BYTES : (i + 1) * RECORD_BYTES]
+            else:
+                rec = os.pread(self._fd, RECORD_BYTES, self._rec + i * RECORD_BYTES)
             if rec[:ID_BYTES] == chunk_id:
                 return rec
             i += 1

@@ -97,8 +97,8 @@ class PackWriter:
         """Append the sealed trailer and close; `tmp` is then ready to upload."""
         sealed = self.data_key.seal(_TRAILER_AAD + self.header + self.name.encode(), b"".join(self.entries))
         self.file.write(sealed + struct.pack(">I", len(sealed)))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        # No fsync here: the backend's put_file makes it durable at commit, after the
+        # kernel has had the whole snapshot's time to write it back (format 1 measured it).
         self.file.close()
 
     def discard(self) -> None:
@@ -117,21 +117,23 @@ class PackReader:
     def __init__(self, backend, keys: crypto.Keys):
         self.backend = backend
         self.keys = keys
-        self._keys: dict[bytes, crypto.ObjectKey | None] = {}
+        self._keys: dict[bytes, tuple[str, crypto.ObjectKey | None]] = {}
         self._lock = threading.Lock()
 
-    def _key(self, pack_id: bytes, name: str) -> crypto.ObjectKey | None:
-        with self._lock:
-            if pack_id in self._keys:
-                return self._keys[pack_id]
+    def _pack(self, pack_id: bytes) -> tuple[str, crypto.ObjectKey | None]:
+        """(name, key) of a pack: its header is read and its key unwrapped once."""
+        known = self._keys.get(pack_id)  # dict.get is atomic under the GIL
+        if known is not None:
+            return known
+        name = pack_name(pack_id)
         head = self.backend.get_range(name, 0, objects.HEADER_BYTES)
         header = objects.parse_header(head, objects.PACK, name)
-        key = objects.object_key(self.keys, header, name)
+        known = (name, objects.object_key(self.keys, header, name))
         with self._lock:
             if len(self._keys) >= self.MAX_KEYS:
                 self._keys.clear()
-            self._keys[pack_id] = key
-        return key
+            self._keys[pack_id] = known
+        return known
 
     def payload(self, chunk_id: bytes, pack_id: bytes, offset: int, length: int) -> bytes:
         """The chunk's opened (authenticated, still compressed) payload.
@@ -141,12 +143,12 @@ class PackReader:
         """
         from snapkit.backends.base import NotFound
 
-        name = pack_name(pack_id)
         try:
-            key = self._key(pack_id, name)
+            name, key = self._pack(pack_id)
             blob = self.backend.get_range(name, offset, length)
         except NotFound:
-            raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: pack {name} is missing") from None
+            what = f"chunk {chunk_id.hex()[:16]}: pack {pack_name(pack_id)}"
+            raise IntegrityError(f"{what} is missing") from None
         if len(blob) != length:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: pack {name} is truncated")
         try:

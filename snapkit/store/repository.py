@@ -225,10 +225,11 @@ class Store:
         blob; `check_id` also recomputes the keyed id from the plaintext
         (verify does; a restore relies on the AEAD and the layer's SHA-256).
         """
-        loc = self.lookup(chunk_id)
+        index = self._index if self._index_synced else self.index()
+        loc = index.lookup(chunk_id)
         if loc is None:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is missing from the index")
-        payload = self.reader.payload(chunk_id, loc.pack, loc.offset, loc.length)
+        payload = (self._reader or self.reader).payload(chunk_id, loc.pack, loc.offset, loc.length)
         base_id = compress.delta_base(payload)
         what = f"chunk {chunk_id.hex()[:16]}"
         if base_id is not None:
