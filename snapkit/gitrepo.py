@@ -269,7 +269,7 @@ class GitRepo:
         Raises GitError if no user.name/user.email is configured, or git fails.
         """
         signature = self._signature()
-        with _git_errors("cannot stage changes"):
+        with _git_errors("cannot stage changes"), _fsynced_writes():
             index = self._repo.index
             index.read(False)  # pick up changes other git processes made
             # git_index_add_all with no pathspec is `git add -A`: it adds new and
@@ -279,7 +279,7 @@ class GitRepo:
             tree = index.write_tree()
         parents = [] if self._repo.head_is_unborn else [self._repo.head.target]
         text = message.rstrip() + "\n"
-        with _git_errors("cannot create commit"):
+        with _git_errors("cannot create commit"), _fsynced_writes():
             # "HEAD" makes libgit2 update the branch HEAD points to (or HEAD
             # itself when detached) and write the reflog, as `git commit` does.
             oid = self._repo.create_commit("HEAD", signature, signature, text, tree, parents)
@@ -392,13 +392,10 @@ class GitRepo:
         that is not a valid ref name."""
         name = self._snapkit_ref_name(snapshot_id)
         target = self._commit(commit_id).id
-        with _git_errors(f"cannot write {name}"):
+        with _git_errors(f"cannot write {name}"), _fsynced_writes():
             self._repo.create_reference_direct(
                 name, target, True, message=f"snapkit: keep {str(target)[:7]}"
             )
-        # pygit2 writes refs and objects without fsync; the snapshot becomes visible
-        # right after this, so its commit and ref must survive a power cut first.
-        sync_filesystem(self.git_dir)
 
     def drop_ref(self, snapshot_id: str) -> None:
         """Delete refs/snapkit/<snapshot_id>; does nothing if it does not exist."""
@@ -703,17 +700,18 @@ class _PipedBlob:
         pass  # the pipe belongs to _BigBlobs
 
 
-def sync_filesystem(path: Path) -> None:
-    """Flush the filesystem holding `path` to disk (syncfs(2); sync(2) where that is missing)."""
-    try:
-        import ctypes
+@contextmanager
+def _fsynced_writes():
+    """libgit2 fsyncs the objects and refs written inside (it does not by default).
 
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
+    A snapshot becomes visible right after its commit and `refs/snapkit/<id>`
+    are written, so both must survive a power cut first. Only these writes pay
+    for it (fsyncing the whole filesystem instead cost a second after a large
+    database had just been written). libgit2's switch is process-wide and
+    cannot be read back: it is turned off again afterwards, its default.
+    """
+    pygit2.settings.enable_fsync_gitdir(True)
+    try:
+        yield
+    finally:
+        pygit2.settings.enable_fsync_gitdir(False)
