@@ -225,32 +225,47 @@ class Store:
         blob; `check_id` also recomputes the keyed id from the plaintext
         (verify does; a restore relies on the AEAD and the layer's SHA-256).
         """
+        loc = self._locate(chunk_id)
+        payload = (self._reader or self.reader).payload(chunk_id, loc.pack, loc.offset, loc.length)
+        return self._expand(chunk_id, loc, payload, _depth, check_id)
+
+    def read_chunks(self, chunk_ids: list[bytes], check_id: bool = True) -> list[bytes]:
+        """`read_chunk` for a run of chunks, their blobs fetched in ranges grouped by pack."""
+        locs = [self._locate(c) for c in chunk_ids]
+        payloads = (self._reader or self.reader).payloads(chunk_ids, locs)
+        return [self._expand(c, loc, p, 0, check_id) for c, loc, p in zip(chunk_ids, locs, payloads)]
+
+    def _locate(self, chunk_id: bytes) -> Location:
         index = self._index if self._index_synced else self.index()
         loc = index.lookup(chunk_id)
         if loc is None:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is missing from the index")
-        payload = (self._reader or self.reader).payload(chunk_id, loc.pack, loc.offset, loc.length)
+        return loc
+
+    def _expand(self, chunk_id: bytes, loc: Location, payload: bytes, depth: int, check_id: bool) -> bytes:
+        """A chunk's plaintext from its opened payload, reading its delta base chain."""
         base_id = compress.delta_base(payload)
-        what = f"chunk {chunk_id.hex()[:16]}"
-        if base_id is not None:
-            if _depth > MAX_DELTA_DEPTH:  # only an altered store can hold a longer chain or a cycle
-                raise IntegrityError(f"{what}: delta chain too deep")
-            if loc.base is not None and loc.base != base_id:
-                raise IntegrityError(f"{what}: its index record names another delta base")
-            try:
-                plain = compress.unpack_payload(
-                    payload, loc.size, lambda b: self.read_chunk(b, _depth + 1, check_id))
-            except IntegrityError as exc:
-                raise IntegrityError(f"{what}: its delta base is unreadable ({exc.message})") from None
-            except Exception:  # zstandard raises its own error type on a bad frame
-                raise IntegrityError(f"{what} is damaged") from None
-        else:
-            try:
+        try:
+            if base_id is None:
                 plain = compress.unpack_payload(payload, loc.size)
-            except Exception:  # zstandard raises its own error type on a bad frame
-                raise IntegrityError(f"{what} is damaged") from None
+            else:
+                if depth > MAX_DELTA_DEPTH:  # only an altered store can hold a longer chain or a cycle
+                    raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: delta chain too deep")
+                if loc.base is not None and loc.base != base_id:
+                    raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: its index record names another "
+                                         "delta base")
+                try:
+                    plain = compress.unpack_payload(
+                        payload, loc.size, lambda b: self.read_chunk(b, depth + 1, check_id))
+                except IntegrityError as exc:
+                    raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: its delta base is unreadable "
+                                         f"({exc.message})") from None
+        except IntegrityError:
+            raise
+        except Exception:  # zstandard raises its own error type on a bad frame
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is damaged") from None
         if len(plain) != loc.size or (check_id and self.keys.chunk_id(plain) != chunk_id):
-            raise IntegrityError(f"{what} does not match its id")
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} does not match its id")
         return plain
 
     def chain_root(self, chunk_id: bytes) -> bytes | None:
@@ -293,7 +308,7 @@ class Store:
         self.index()
 
         def work(start: int) -> list[bytes]:
-            return [self.read_chunk(c, check_id=False) for c in ids[start : start + batch]]
+            return self.read_chunks(ids[start : start + batch], check_id=False)
 
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="snapkit-read") as pool:
             pending: deque = deque()
