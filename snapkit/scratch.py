@@ -21,8 +21,10 @@ from pathlib import Path
 
 DIR_MODE = 0o700
 OWNER = "owner"
-# A folder without an owner file is one whose creator died between mkdir and
-# lock; give a live creator this long to lock it.
+# Folders are built under this prefix and renamed once their owner is locked.
+_BUILDING = ".new-"
+# A finished folder always has an owner file; one without (removed by hand?) is
+# left alone this long, in case something else is writing there.
 _UNOWNED_GRACE_S = 60.0
 _mine: dict[Path, int] = {}  # our folders -> the fd holding their owner lock
 
@@ -33,22 +35,39 @@ def default_base() -> Path:
 
 
 def private_dir(base: Path | None = None) -> Path:
-    """This process's scratch folder under `base` (made once per base, removed at exit)."""
+    """This process's scratch folder under `base` (made once per base, removed at exit).
+
+    Made as `.new-…` with its owner file locked inside, then renamed to its
+    final name, so a folder under its final name always has an owner lock;
+    a sweeper that removes a `.new-…` folder under construction (its owner
+    not locked yet) makes this retry.
+    """
     base = Path(base or default_base())
     for path in _mine:
         if path.parent == base and path.is_dir():
             return path
     _mkdirs(base)
     sweep(base)
-    path = base / f"{os.getpid()}-{os.urandom(4).hex()}"
-    path.mkdir(mode=DIR_MODE)
-    os.chmod(path, DIR_MODE)
-    fd = os.open(path / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    if not _mine:
-        atexit.register(cleanup)
-    _mine[path] = fd
-    return path
+    for _ in range(5):
+        name = f"{os.getpid()}-{os.urandom(4).hex()}"
+        building, path = base / f"{_BUILDING}{name}", base / name
+        building.mkdir(mode=DIR_MODE)
+        os.chmod(building, DIR_MODE)
+        try:
+            fd = os.open(building / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            continue  # swept while being built
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            os.rename(building, path)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        if not _mine:
+            atexit.register(cleanup)
+        _mine[path] = fd
+        return path
+    raise OSError(f"could not make a scratch folder under {base}")
 
 
 def sweep(base: Path) -> list[Path]:
@@ -65,12 +84,9 @@ def sweep(base: Path) -> list[Path]:
         try:
             fd = os.open(path / OWNER, os.O_RDONLY)
         except FileNotFoundError:
-            try:
-                if time.time() - child.stat(follow_symlinks=False).st_mtime > _UNOWNED_GRACE_S:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-            except FileNotFoundError:
-                pass
+            if child.name.startswith(_BUILDING) or _older(child, _UNOWNED_GRACE_S):
+                shutil.rmtree(path, ignore_errors=True)  # its builder retries if alive
+                removed.append(path)
             continue
         except OSError:
             continue
@@ -83,6 +99,13 @@ def sweep(base: Path) -> list[Path]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def _older(entry: os.DirEntry, seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def cleanup() -> None:
