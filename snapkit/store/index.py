@@ -172,6 +172,16 @@ class ChunkIndex:
                     return unpack_record(rec)[1]
         return None
 
+    def pack_of(self, chunk_id: bytes) -> bytes | None:
+        """The id of a pack holding the chunk, or None: `lookup` without building a Location
+        (a snapshot of an unchanged database checks every chunk this way)."""
+        if len(chunk_id) == ID_BYTES:
+            for run in self._runs:
+                rec = run.find(chunk_id)
+                if rec is not None:
+                    return bytes(rec[ID_BYTES : ID_BYTES + 16])
+        return None
+
     def __contains__(self, chunk_id: bytes) -> bool:
         if len(chunk_id) != ID_BYTES:
             return False

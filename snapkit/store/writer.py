@@ -121,11 +121,12 @@ class SnapshotWriter:
             return None
         ids = base.chunk_lists[name]
         packs = set()
+        pack_of = self.index.pack_of
         for off in range(0, len(ids), ID_BYTES):
-            loc = self.index.lookup(bytes(ids[off : off + ID_BYTES]))
-            if loc is None:
+            pack = pack_of(bytes(ids[off : off + ID_BYTES]))
+            if pack is None:
                 return None
-            packs.add(loc.pack)
+            packs.add(pack)
         self.reused_packs |= packs
         result = LayerResult(name, layer["strategy"], layer["logical_bytes"], 0, layer["chunks"], 0,
                              layer["sha256"])
@@ -191,7 +192,8 @@ class SnapshotWriter:
         size, depth, base id), features) per item.
         """
         keys = self.store.keys
-        out = []
+        out: list = []
+        todo: list = []  # new chunks: (place in out, chunk, id, base id, base location, features)
         seen: set[bytes] = set()
         cursor = None
         for chunk, chunk_id, base_id, feature in batch:
@@ -211,29 +213,49 @@ class SnapshotWriter:
             if chunk_id in seen or chunk_id in self.written:
                 out.append(((chunk_id, None, len(chunk), 0, None), feature))
                 continue
-            known = self.index.lookup(chunk_id)
+            known = self.index.pack_of(chunk_id)
             if known is not None:
-                reused_packs.add(known.pack)  # set.add is atomic under the GIL
+                reused_packs.add(known)  # set.add is atomic under the GIL
                 out.append(((chunk_id, None, len(chunk), 0, None), feature))
                 continue
             seen.add(chunk_id)
-            base, depth = None, 0
             loc = self.store.lookup(base_id) if base_id is not None else None
             if loc is not None and loc.depth >= MAX_DELTA_DEPTH:
                 # A chain at its cap: start a new one from the chain's full chunk.
                 # The delta spans a few snapshots' changes, still far below a full chunk.
                 base_id = self.store.chain_root(base_id)
                 loc = self.store.lookup(base_id) if base_id is not None else None
-            if loc is not None and loc.depth < MAX_DELTA_DEPTH:
-                try:
-                    base = self.store.read_chunk(base_id, check_id=False)  # AEAD-authenticated
-                    depth = loc.depth + 1
-                except IntegrityError:
-                    base = None  # a damaged base only costs a full chunk
+            if loc is None or loc.depth >= MAX_DELTA_DEPTH:
+                base_id = loc = None
+            out.append(None)  # filled below, once the bases are read
+            todo.append((len(out) - 1, chunk, chunk_id, base_id, loc, feature))
+        for (at, chunk, chunk_id, base_id, loc, feature), base in zip(todo, self._bases(todo)):
+            depth = loc.depth + 1 if base is not None else 0
             payload, is_delta = compress.pack_payload(chunk, base, base_id, level)
-            out.append(((chunk_id, self.data_key.seal(chunk_id, payload), len(chunk),
-                         depth if is_delta else 0, base_id if is_delta else None), feature))
+            out[at] = ((chunk_id, self.data_key.seal(chunk_id, payload), len(chunk),
+                        depth if is_delta else 0, base_id if is_delta else None), feature)
         return out
+
+    def _bases(self, todo: list) -> list:
+        """The plaintext of each new chunk's delta base (None: none, or unreadable).
+
+        Read together: a batch's bases are neighbours in the previous snapshot's
+        packs, so their blobs come in a few ranged reads (store.read_chunks). A
+        damaged base only costs its chunk a full copy: on any error the bases
+        are read one by one.
+        """
+        want = [t[3] for t in todo if t[3] is not None]
+        try:
+            got = iter(self.store.read_chunks(want, check_id=False))  # AEAD-authenticated
+            return [next(got) if t[3] is not None else None for t in todo]
+        except IntegrityError:
+            out = []
+            for t in todo:
+                try:
+                    out.append(self.store.read_chunk(t[3], check_id=False) if t[3] is not None else None)
+                except IntegrityError:
+                    out.append(None)
+            return out
 
     def _flush_pack(self) -> None:
         if self.pack is not None:
