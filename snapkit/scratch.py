@@ -23,6 +23,8 @@ DIR_MODE = 0o700
 OWNER = "owner"
 # Folders are built under this prefix and renamed once their owner is locked.
 _BUILDING = ".new-"
+# ... and renamed to this prefix before they are removed.
+_DOOMED = ".old-"
 # A finished folder always has an owner file; one without (removed by hand?) is
 # left alone this long, in case something else is writing there.
 _UNOWNED_GRACE_S = 60.0
@@ -84,7 +86,7 @@ def sweep(base: Path) -> list[Path]:
         try:
             fd = os.open(path / OWNER, os.O_RDONLY)
         except FileNotFoundError:
-            if child.name.startswith(_BUILDING) or _older(child, _UNOWNED_GRACE_S):
+            if child.name.startswith((_BUILDING, _DOOMED)) or _older(child, _UNOWNED_GRACE_S):
                 shutil.rmtree(path, ignore_errors=True)  # its builder retries if alive
                 removed.append(path)
             continue
@@ -109,9 +111,18 @@ def _older(entry: os.DirEntry, seconds: float) -> bool:
 
 
 def cleanup() -> None:
-    """Remove this process's scratch folders (runs at exit)."""
+    """Remove this process's scratch folders (runs at exit).
+
+    Renamed to `.old-…` first: killed half way through the removal, what is
+    left has no owner file but a name that says it may go at once.
+    """
     for path, fd in list(_mine.items()):
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(_DOOMED + path.name)
+        try:
+            os.rename(path, doomed)
+        except OSError:
+            doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
         os.close(fd)
         del _mine[path]
 

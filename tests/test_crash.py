@@ -81,7 +81,12 @@ def kill(proc: subprocess.Popen) -> bool:
 
 
 def files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+    """Files under `folder`; a folder renamed or removed meanwhile (scratch folders are
+    built as `.new-…` and renamed, by a process running concurrently) is skipped."""
+    out = set()
+    for dirpath, _dirs, names in os.walk(folder):
+        out |= {str((Path(dirpath) / n).relative_to(folder)) for n in names}
+    return out
 
 
 def scratch(root: Path) -> Path:
@@ -250,9 +255,10 @@ def test_leftovers_of_a_killed_create_are_cleaned_up_later(project, cli):
     proc = start_create(project)
     # Kill it mid-run, while it streams its consistent copy of the database into chunks.
     assert wait_for(proc, lambda: scratch_files(project, "sqlite-"))
-    time.sleep(0.2)
-    assert kill(proc)
-    [copy] = scratch_files(project, "sqlite-")
+    assert kill(proc)  # at once: the copy is removed as soon as it has been chunked
+    found = [n for n in scratch_files(project, "sqlite-") if n.endswith(".db")]  # not its -journal
+    assert len(found) == 1, found
+    [copy] = found
     folder = copy.split("/")[0]
     assert folder.startswith(f"{proc.pid}-") and copy.split("/")[1].startswith(f"sqlite-{proc.pid}-")
     assert stat.S_IMODE((scratch(project) / folder).stat().st_mode) == 0o700
