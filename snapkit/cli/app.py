@@ -7,7 +7,7 @@ import sys
 
 
 def _split_global(argv: list[str]) -> list[str]:
-    """`--env NAME` may stand before or after the command name (SPEC §3)."""
+    """`--env NAME` may stand before or after the command name (docs/cli.md, "Global options")."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]

@@ -11,7 +11,7 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class DatabaseInfo:
-    """SPEC §5's `database` metadata. Never holds a password."""
+    """The snapshot's `database` metadata (docs/cli.md, `snapkit show`). Never holds a password."""
 
     engine: str
     server_version: str

@@ -1,7 +1,7 @@
 """Database inspection through SQLAlchemy, shared by the server engines (PostgreSQL, MySQL/MariaDB).
 
 Everything here takes a SQLAlchemy Engine or Connection of any dialect and
-returns plain JSON-able values (SPEC §5 `database` metadata):
+returns plain JSON-able values (the `database` metadata, docs/cli.md `snapkit show`):
 
 - `user_schemas(bind)`: the schemas snapkit describes. PostgreSQL: every
   schema but the system ones (pg_catalog, information_schema, pg_toast, …);

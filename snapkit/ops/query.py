@@ -26,7 +26,7 @@ def list_snapshots(project, n: int | None = None, commit: str | None = None, tag
 
 
 def show(project, ref: str) -> dict:
-    """The whole metadata (SPEC §5), with the catalog's current tags and pin."""
+    """The whole metadata (docs/cli.md, `snapkit show`), with the catalog's current tags and pin."""
     entry = resolve(project, ref)
     store = project.unlocked_store()
     with store.lock(exclusive=False, command="show"):

@@ -1,4 +1,4 @@
-"""REF grammar (SPEC §2): snapshot id or unique prefix, then @N, then a git revision."""
+"""REF grammar (README, "REF: naming a snapshot"): snapshot id or unique prefix, then @N, then a git revision."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def _names(files) -> str:
 
 
 def rollback_target(project, steps: int) -> dict:
-    """The snapshot `steps` back on the env's timeline (SPEC §3, rollback)."""
+    """The snapshot `steps` back on the env's timeline (docs/cli.md, `snapkit rollback`)."""
     if steps < 1:
         raise UsageError("rollback needs N >= 1")
     timeline = project.catalog.timeline(project.env)

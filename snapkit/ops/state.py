@@ -1,7 +1,7 @@
 """The live state of a work tree: which snapshot was last created or restored, per env.
 
 Kept in `.git/snapkit/state.json` (per work tree, never committed), so that
-`rollback` knows where "step 0" is (SPEC §3).
+`rollback` knows where "step 0" is (docs/cli.md, `snapkit rollback`).
 """
 
 from __future__ import annotations
