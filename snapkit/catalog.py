@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from snapkit.errors import AmbiguousRef, IntegrityError, RefNotFound, SnapkitError
+from snapkit.errors import IntegrityError, RefNotFound, SnapkitError
 from snapkit.store import cache, objects
 
 FOLDER = "catalog"
@@ -108,10 +107,6 @@ class Catalog:
         self.damaged = sorted(damaged, key=lambda d: d.name)
         return self._docs
 
-    def refresh(self) -> None:
-        """Forget what was read: the next query lists the store again."""
-        self._docs = None
-
     def entries(self) -> list[dict]:
         """All authenticated entries, oldest first (ids sort by creation)."""
         return [doc["entry"] for doc in self._load().values()]
@@ -123,10 +118,6 @@ class Catalog:
             self.check_not_damaged(snapshot_id)
             raise RefNotFound(f"no snapshot {snapshot_id}")
         return doc["entry"]
-
-    def authenticated(self, snapshot_id: str, keys=None) -> dict:
-        """The entry (every entry here is authenticated; kept for the callers' wording)."""
-        return self.get(snapshot_id)
 
     def manifest_digest(self, snapshot_id: str) -> str:
         self.get(snapshot_id)
@@ -230,13 +221,3 @@ def _read_cache(keys, path) -> dict:
         return doc if isinstance(doc, dict) else {}
     except ValueError:
         return {}
-
-
-def unique(matches: Iterable[dict], what: str) -> dict:
-    matches = list(matches)
-    if not matches:
-        raise RefNotFound(f"no snapshot matches {what!r}")
-    if len(matches) > 1:
-        ids = ", ".join(e["id"] for e in matches[:10])
-        raise AmbiguousRef(f"{what!r} matches {len(matches)} snapshots: {ids}")
-    return matches[0]

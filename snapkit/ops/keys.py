@@ -117,11 +117,8 @@ def add_key(project, kind: str, *, passphrase: str | None = None,
                                 warnings=(*warnings,
                                           f"{path} already opens key slot {already[0]}; nothing was added"))
     else:
-        try:
-            secret = slots.write_key_file(path)
-        except OSError as exc:
-            raise SnapkitError(f"cannot create key file {path}: {exc.strerror or exc}",
-                               hint="check the folder exists or can be created, and is writable") from None
+        secret = _new_key_file(path, f"cannot create key file {path}",
+                               "check the folder exists or can be created, and is writable")
         created = True
     try:
         slot_id = slots.add_slot(backend, master, kind, secret)
@@ -219,16 +216,21 @@ def _rotate_key(project, new_passphrase) -> KeyRotateResult:
     return KeyRotateResult(kind=kind, old_slot_id=opened, new_slot_id=new_id, removed=tuple(old))
 
 
+def _new_key_file(path: Path, failure: str, hint: str) -> bytes:
+    """A new key file's secret; a one-line error starting with `failure` when it cannot be written."""
+    try:
+        return slots.write_key_file(path)
+    except OSError as exc:
+        raise SnapkitError(f"{failure}: {exc.strerror or exc}", hint=hint) from None
+
+
 def _rotate_key_file(backend, key_file: Path, master: bytes, opened: str) -> KeyRotateResult:
     old = slots.opening_slots(backend, KeySource(key_file=key_file))
     # Replace the real file, not a symlink to it, or the old secret would stay behind.
     path = key_file.resolve()
     tmp = path.with_name(f".{path.name}.rotate-{os.urandom(4).hex()}")
-    try:
-        secret = slots.write_key_file(tmp)
-    except OSError as exc:
-        raise SnapkitError(f"cannot write a new key file beside {path}: {exc.strerror or exc}",
-                           hint="the key file's folder must be writable; nothing was changed") from None
+    secret = _new_key_file(tmp, f"cannot write a new key file beside {path}",
+                           "the key file's folder must be writable; nothing was changed")
     new_id = None
     try:
         new_id = slots.add_slot(backend, master, "keyfile", secret)

@@ -1,10 +1,9 @@
-"""REF grammar (README, "REF: naming a snapshot"): snapshot id or unique prefix, then @N, then a git revision."""
+"""REF grammar (README, "REF: naming a snapshot"): snapshot id or unique prefix, @N, git revision."""
 
 from __future__ import annotations
 
 import re
 
-from snapkit.catalog import unique
 from snapkit.errors import AmbiguousRef, IntegrityError, RefNotFound
 
 _AT = re.compile(r"@(\d+)")
@@ -76,5 +75,3 @@ def _nearest_older(project, commit: str) -> str:
             return f"; nearest older snapshot: {by_commit[anc]}"
     return ""
 
-
-__all__ = ["resolve", "unique"]

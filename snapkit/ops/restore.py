@@ -167,7 +167,6 @@ def _check_engine(project, manifest, to_url) -> None:
 
 
 def _put_back(project, store, safety_id: str) -> None:
-    project.catalog.refresh()  # the safety snapshot was added after the catalog was read
     manifest = store.load_manifest(safety_id, project.catalog.manifest_digest(safety_id))
     project.engine().restore(store.read_layer(manifest, "database"), project.tmp_dir())
 

@@ -203,14 +203,10 @@ def _parse(name: str, data: bytes, now: float, me: tuple[str, str, str]) -> Lock
     return replace(info, reason=f"lease expires in {int(info.ttl - age)}s")
 
 
-def _lock_names(backend) -> list[str]:
-    return [o.name for o in backend.list(FOLDER)]
-
-
 def read_locks(backend) -> list[LockInfo]:
     """Every lock on the store, each judged: `stale` and a human `reason`."""
     me, now, out = machine_identity(), time.time(), []
-    for name in _lock_names(backend):
+    for name in (info.name for info in backend.list(FOLDER)):
         try:
             data = backend.get(name)
         except FileNotFoundError:  # backends' NotFound is one; released since the listing

@@ -128,10 +128,6 @@ class Store:
             raise RuntimeError("store is locked; call unlock() first")
         return self._keys
 
-    def add_key_slot(self, kind: str, secret: bytes | str, source: keys.KeySource) -> str:
-        master = keys.open_master(self.backend, source)
-        return keys.add_slot(self.backend, master, kind, secret)
-
     @contextmanager
     def lock(self, exclusive: bool = False, timeout: float = 30.0, command: str = ""):
         """Hold a lease on the store; the index is re-read once the lease is held."""
